@@ -1,0 +1,21 @@
+"""perturbkit: perturbation analysis of neural networks.
+
+Public API (explicit re-exports only)::
+
+    net = perturbkit.load("model.onnx")            # or load(module, example_input)
+    s = perturbkit.sets.LpBall(x, eps=0.01, norm="inf", domain=(0, 1))
+    b = perturbkit.bounds(net, s, method="crown")  # b.lower, b.upper: (B, outputs)
+    C = perturbkit.margin_spec(labels, 10)         # bound y_label - y_j instead
+"""
+from perturbkit import sets
+from perturbkit.api import Bounds, bounds, load
+from perturbkit.bounds.spec import margin_spec
+from perturbkit.errors import InputError, ModelError, PerturbkitError, UnsupportedOperatorError
+from perturbkit.graph.network import Network
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bounds", "InputError", "ModelError", "Network", "PerturbkitError", "UnsupportedOperatorError",
+    "bounds", "load", "margin_spec", "sets", "__version__",
+]

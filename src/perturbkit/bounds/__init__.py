@@ -1,0 +1,1 @@
+"""Bound algorithms: IBP, CROWN, CROWN-IBP (no operator-specific code here)."""

@@ -1,0 +1,98 @@
+"""CROWN and CROWN-IBP.
+
+CROWN (Zhang et al. 2018, "Efficient neural network robustness certification with general
+activation functions"; on general graphs: Xu et al. 2020): the output specification is
+pushed backward to the input through linear relaxations of every nonlinearity, and the
+relaxations use *intermediate bounds* on each nonlinearity's input.  Those intermediate
+bounds are computed by CROWN as well, node by node in topological order, but only for the
+elements whose relaxation depends on them (``rule.unstable``, e.g. ReLU inputs whose
+interval contains 0); the other elements keep their interval bounds.
+
+CROWN-IBP (Zhang et al. 2020, "Towards stable and efficient training of verifiably robust
+neural networks"): intermediate bounds by IBP, final bound by the backward pass.
+
+Guarantee (both): for every x in the input set, ``lower <= C f(x) <= upper``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from perturbkit.bounds.engine import Context, backward, interval_of
+from perturbkit.ops.base import Interval
+from perturbkit.ops.registry import rule_for
+
+# memory budget for one backward pass of intermediate bounds (bytes of the widest A)
+_BUDGET_BYTES = 256 * 2**20
+
+
+def _needs_bounds(ctx: Context) -> dict[str, list]:
+    """value name -> nonlinear consumer nodes whose relaxation reads its bounds."""
+    g = ctx.graph
+    need: dict[str, list] = {}
+    for node in g.nodes:
+        rule = rule_for(node, g.source)
+        if rule.kind in ("activation", "selection"):
+            need.setdefault(node.inputs[0], []).append(node)
+    return need
+
+
+def _unstable_mask(ctx: Context, consumers: list, itv: Interval) -> torch.Tensor:
+    mask = None
+    for node in consumers:
+        rule = rule_for(node, ctx.graph.source)
+        consts = [ctx.consts[i] for i in node.inputs[1:] if i in ctx.consts]
+        m = rule.unstable(node, itv.lo, itv.hi, *consts) if rule.kind == "activation" else rule.unstable(node, itv.lo, itv.hi)
+        mask = m if mask is None else (mask | m)
+    return mask
+
+
+def _crown_intermediate(ctx: Context, name: str, itv: Interval, idx: torch.Tensor) -> Interval:
+    """Tighten ``itv`` (B, *shape) by CROWN on the flat elements ``idx`` (shared over the batch)."""
+    B = ctx.batch
+    shape = itv.lo.shape[1:]
+    n = itv.lo[0].numel()
+    widest = max(math.prod(s) for s in ctx.graph.shapes.values())
+    itemsize = torch.finfo(ctx.dtype).bits // 8
+    chunk = max(1, _BUDGET_BYTES // max(1, 2 * B * widest * itemsize))
+    lo = itv.lo.reshape(B, n).clone()
+    hi = itv.hi.reshape(B, n).clone()
+    for start in range(0, idx.numel(), chunk):
+        part = idx[start:start + chunk]
+        K = part.numel()
+        E = torch.zeros(K, n, dtype=ctx.dtype, device=ctx.device)
+        E[torch.arange(K, device=ctx.device), part] = 1.0
+        A = torch.cat([E, -E], 0).unsqueeze(0).expand(B, 2 * K, n).reshape(B, 2 * K, *shape)
+        r = backward(ctx, name, A)
+        lo[:, part] = torch.maximum(lo[:, part], r[:, :K])
+        hi[:, part] = torch.minimum(hi[:, part], -r[:, K:])
+    return Interval(lo.reshape(B, *shape), hi.reshape(B, *shape))
+
+
+def intermediate_bounds(ctx: Context, *, mode: str) -> None:
+    """Fill ``ctx.intervals`` for every node; ``mode`` 'crown' tightens the inputs of
+    nonlinearities by CROWN, 'ibp' keeps interval bounds (CROWN-IBP)."""
+    need = _needs_bounds(ctx)
+    for node in ctx.graph.nodes:
+        itv = interval_of(ctx, node)
+        if mode == "crown" and node.output in need:
+            mask = _unstable_mask(ctx, need[node.output], itv)
+            idx = mask.reshape(ctx.batch, -1).any(0).nonzero().squeeze(1)
+            if idx.numel():
+                itv = _crown_intermediate(ctx, node.output, itv, idx)
+        ctx.intervals[node.output] = itv
+
+
+def crown(ctx: Context, C: torch.Tensor | None, *, intermediate: str = "crown") -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds of ``C @ f(x)`` (C: (B, S, n_out) or None for identity) -> (B, S) each."""
+    intermediate_bounds(ctx, mode=intermediate)
+    g = ctx.graph
+    B = ctx.batch
+    n_out = math.prod(g.output_shape)
+    if C is None:
+        C = torch.eye(n_out, dtype=ctx.dtype, device=ctx.device).unsqueeze(0).expand(B, n_out, n_out)
+    S = C.shape[1]
+    A = torch.cat([C, -C], 1).reshape(B, 2 * S, *g.output_shape)
+    r = backward(ctx, g.output_name, A)
+    return r[:, :S], -r[:, S:]

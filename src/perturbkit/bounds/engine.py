@@ -1,0 +1,167 @@
+"""The bound-propagation engine shared by IBP, CROWN and CROWN-IBP.
+
+It knows three kinds of rules (see :mod:`perturbkit.ops.base`) and nothing about any
+particular operator:
+
+* interval propagation: ``rule.interval`` node by node;
+* backward linear propagation (CROWN, Zhang et al. 2018; on general graphs as in
+  Xu et al. 2020, "Automatic perturbation analysis for scalable certified robustness and
+  beyond"): coefficients ``A`` on a node are pushed to its inputs by the transpose of
+  affine rules and by the relaxation lines of activations; constants go into the bias;
+  at the input the perturbation set concretises ``A`` (dual norm for Lp balls).
+
+Shapes: ``B`` batch, ``S`` number of specifications.  Intervals of a value are
+``(B, *declared_shape)``; coefficients on a value are ``(B, S, *declared_shape)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from perturbkit.graph.ir import Node
+from perturbkit.graph.network import Network
+from perturbkit.ops.base import Interval, Relaxation
+from perturbkit.ops.registry import rule_for
+from perturbkit.sets.base import PerturbationSet
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Context:
+    """Everything one bound computation needs; created by :func:`make_context`."""
+
+    net: Network
+    consts: dict[str, Tensor]
+    batch: int
+    input_set: PerturbationSet  # flattened: tensors (B, n)
+    dtype: torch.dtype
+    device: torch.device
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    relaxations: dict[str, Relaxation] = field(default_factory=dict)
+    const_parts: dict[str, Optional[Tensor]] = field(default_factory=dict)
+    position: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def graph(self):
+        return self.net.graph
+
+
+def make_context(net: Network, input_set: PerturbationSet) -> Context:
+    ref = input_set.reference
+    batch = net.batch(ref) if ref.dim() > 0 else 1
+    flat = input_set.flatten(batch, net.n_inputs)
+    ctx = Context(net=net, consts=net.constants(ref.dtype, ref.device), batch=batch, input_set=flat,
+                  dtype=ref.dtype, device=ref.device)
+    ctx.position = {n.output: i for i, n in enumerate(net.graph.nodes)}
+    lo, hi = flat.box()
+    shape = net.graph.input_shape
+    ctx.intervals[net.graph.input_name] = Interval(lo.reshape(batch, *shape), hi.reshape(batch, *shape))
+    return ctx
+
+
+def args_for(ctx: Context, node: Node, perturbed) -> list:
+    """Arguments of a rule call: constants as tensors, runtime values via ``perturbed(name)``."""
+    return [ctx.consts[i] if i in ctx.consts else perturbed(i) for i in node.inputs]
+
+
+def interval_of(ctx: Context, node: Node) -> Interval:
+    """IBP through one node from the current intervals of its inputs."""
+    rule = rule_for(node, ctx.graph.source)
+    return rule.interval(node, *args_for(ctx, node, lambda name: ctx.intervals[name]))
+
+
+def constant_part(ctx: Context, node: Node) -> Optional[Tensor]:
+    """``f(0)`` of an affine node (no leading dims), or None when it is zero."""
+    if node.name not in ctx.const_parts:
+        rule = rule_for(node, ctx.graph.source)
+        args = [ctx.consts[i] if i in ctx.consts else torch.zeros(s, dtype=ctx.dtype, device=ctx.device)
+                for i, s in zip(node.inputs, node.in_shapes)]
+        c = rule.forward(node, *args)
+        ctx.const_parts[node.name] = None if not bool(c.any()) else c
+    return ctx.const_parts[node.name]
+
+
+def relaxation_of(ctx: Context, node: Node) -> Relaxation:
+    """Relaxation lines of a nonlinear node for the current bounds of its input (cached)."""
+    rel = ctx.relaxations.get(node.name)
+    if rel is None:
+        rule = rule_for(node, ctx.graph.source)
+        x = ctx.intervals[node.inputs[0]]
+        consts = [ctx.consts[i] for i in node.inputs[1:]]
+        rel = rule.relax(node, x.lo, x.hi, *consts)
+        ctx.relaxations[node.name] = rel
+    return rel
+
+
+def _add(store: dict[str, Tensor], name: str, A: Tensor) -> None:
+    prev = store.get(name)
+    store[name] = A if prev is None else prev + A
+
+
+def _flat_sum(t: Tensor, b: int, s: int) -> Tensor:
+    return t.reshape(b, s, -1).sum(-1)
+
+
+def _line_tensor(t: Tensor, like: Tensor) -> Tensor:
+    """Relaxation tensor (B, *shape) or broadcastable -> (B, 1, *shape) for coefficient algebra."""
+    if t.dim() == like.dim():
+        return t.unsqueeze(1)
+    return t
+
+
+def backward(ctx: Context, start: str, A: Tensor) -> Tensor:
+    """Lower bound of ``<A, v_start>`` over the input set, per batch element and spec.
+
+    Args:
+        start: name of the value the coefficients act on.
+        A: ``(B, S, *declared_shape(start))``.
+    Returns:
+        ``(B, S)``.
+    """
+    g = ctx.graph
+    B, S = A.shape[0], A.shape[1]
+    store: dict[str, Tensor] = {start: A}
+    bias = torch.zeros(B, S, dtype=ctx.dtype, device=ctx.device)
+    end = ctx.position.get(start, -1)
+    for node in reversed(g.nodes[: end + 1]):
+        A = store.pop(node.output, None)
+        if A is None:
+            continue
+        rule = rule_for(node, g.source)
+        if rule.kind == "affine":
+            c = constant_part(ctx, node)
+            if c is not None:
+                bias = bias + _flat_sum(A * c, B, S)
+            xs = [ctx.consts[i] if i in ctx.consts else None for i in node.inputs]
+            for name, Ai in zip(node.inputs, rule.backward(node, A, *xs)):
+                if Ai is not None:
+                    _add(store, name, Ai)
+        elif rule.kind == "activation":
+            rel = relaxation_of(ctx, node)
+            lo_like = ctx.intervals[node.inputs[0]].lo
+            sl, su = _line_tensor(rel.lower.slope, lo_like), _line_tensor(rel.upper.slope, lo_like)
+            bl, bu = _line_tensor(rel.lower.intercept, lo_like), _line_tensor(rel.upper.intercept, lo_like)
+            Ap, An = A.clamp(min=0), A.clamp(max=0)
+            _add(store, node.inputs[0], Ap * sl + An * su)
+            bias = bias + _flat_sum(Ap * bl + An * bu, B, S)
+        elif rule.kind == "selection":
+            rel = relaxation_of(ctx, node)
+            in_shape = node.in_shapes[0]
+            n_in = ctx.intervals[node.inputs[0]].lo[0].numel()
+            Af = A.reshape(B, S, -1)
+            Ap, An = Af.clamp(min=0), Af.clamp(max=0)
+            Ain = torch.zeros(B, S, n_in, dtype=ctx.dtype, device=ctx.device)
+            for part, line in ((Ap, rel.lower), (An, rel.upper)):
+                idx = line.index.unsqueeze(1).expand(B, S, -1)
+                Ain.scatter_add_(2, idx, part * line.slope.unsqueeze(1))
+                bias = bias + (part * line.intercept.unsqueeze(1)).sum(-1)
+            _add(store, node.inputs[0], Ain.reshape(B, S, *in_shape))
+        else:  # pragma: no cover - registry only holds the kinds above
+            raise TypeError(f"unknown rule kind {rule.kind!r} for {node.where(g.source)}")
+    A_in = store.pop(g.input_name, None)
+    if A_in is None:
+        return bias
+    return bias + ctx.input_set.min_linear(A_in.reshape(B, S, -1))

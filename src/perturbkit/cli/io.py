@@ -1,0 +1,115 @@
+"""Files the CLI reads and writes: model names, input arrays, JSON records.
+
+Every failure here is a :class:`~perturbkit.errors.PerturbkitError` whose message names
+the file, so the CLI can print it as one line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perturbkit.errors import InputError, ModelError
+from perturbkit.models import BUNDLED, bundled_names, bundled_path
+
+
+def resolve_model(spec: str) -> Path:
+    """``spec`` is an existing file path or a bundled model name; returns the file to load.
+
+    An existing file wins over a bundled name of the same spelling.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise ModelError(f"model {spec} is a directory, expected an .onnx file")
+    if spec in BUNDLED:
+        return bundled_path(spec)
+    if path.suffix or os.sep in spec or (os.altsep and os.altsep in spec):
+        raise ModelError(f"model file {spec} not found")
+    raise ModelError(
+        f"unknown model '{spec}': no such file and no bundled model of that name "
+        f"(bundled: {', '.join(bundled_names())})"
+    )
+
+
+def load_input(spec: str) -> np.ndarray:
+    """Read one input or a batch from a ``.npy`` file (or an ``.npz`` holding ``x`` or one array).
+
+    Returns a floating array; raises InputError for a missing/unreadable file, a non-numeric
+    array, or NaN/inf values.
+    """
+    path = Path(spec)
+    if not path.exists():
+        raise InputError(f"input file {spec} not found")
+    if path.is_dir():
+        raise InputError(f"input {spec} is a directory, expected a .npy file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                keys = list(loaded.keys())
+                if "x" in keys:
+                    arr = loaded["x"]
+                elif len(keys) == 1:
+                    arr = loaded[keys[0]]
+                else:
+                    raise InputError(
+                        f"input {spec} is an .npz with arrays {keys}; expected one array or one named 'x'"
+                    )
+        else:
+            arr = loaded
+    except InputError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"cannot read input {spec} as a numpy .npy file: {_one_line(exc)}") from None
+    if not isinstance(arr, np.ndarray) or not (np.issubdtype(arr.dtype, np.floating)
+                                               or np.issubdtype(arr.dtype, np.integer)
+                                               or arr.dtype == np.bool_):
+        raise InputError(f"input {spec} holds {getattr(arr, 'dtype', type(arr).__name__)} data, expected numbers")
+    if arr.size == 0:
+        raise InputError(f"input {spec} is empty (shape {arr.shape})")
+    arr = arr.astype(np.float64) if arr.dtype == np.float64 else arr.astype(np.float32)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"input {spec} contains NaN or inf ({int(bad.sum())} values, first at index {first})")
+    return arr
+
+
+def write_json_atomic(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Write ``record`` as JSON to ``path`` via a temporary file in the same folder and a rename.
+
+    Either the complete file appears or nothing does.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"cannot write {path}: folder {folder} does not exist")
+    text = json.dumps(record, indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a result file is meant to be read
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {path}: {_one_line(exc)}") from None
+        raise
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())

@@ -1,0 +1,45 @@
+"""The bundled models: small digit classifiers shipped with perturbkit.
+
+``bundled_path("digits-mlp")`` and ``bundled_path("digits-cnn")`` give the ONNX files;
+``load_digits_test()`` gives the held-out test images they were evaluated on.  See
+``models/README.md`` (next to this file) for how they were trained.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+import numpy as np
+
+from perturbkit.errors import ModelError
+
+_HERE = Path(__file__).resolve().parent
+
+BUNDLED: Mapping[str, str] = MappingProxyType({
+    "digits-mlp": "digits_mlp.onnx",
+    "digits-cnn": "digits_cnn.onnx",
+})
+
+
+def bundled_names() -> list[str]:
+    return sorted(BUNDLED)
+
+
+def bundled_path(name: str) -> Path:
+    """Path of the bundled model ``name`` (``digits-mlp`` or ``digits-cnn``)."""
+    try:
+        return _HERE / BUNDLED[name]
+    except KeyError:
+        raise ModelError(
+            f"unknown bundled model '{name}'; bundled models: {', '.join(bundled_names())}"
+        ) from None
+
+
+def load_digits_test() -> tuple[np.ndarray, np.ndarray]:
+    """The bundled digits test split: ``x`` float32 ``(450, 1, 8, 8)`` in [0, 1], ``y`` int64 ``(450,)``."""
+    with np.load(_HERE / "digits_test.npz") as data:
+        return data["x"].astype(np.float32), data["y"].astype(np.int64)
+
+
+__all__ = ["BUNDLED", "bundled_names", "bundled_path", "load_digits_test"]

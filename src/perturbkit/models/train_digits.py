@@ -1,0 +1,141 @@
+"""Train the bundled digit classifiers and export them to ONNX.
+
+Data: scikit-learn's 8x8 handwritten digits (1797 images), pixel values divided by 16 so
+they lie in [0, 1], split with ``train_test_split(test_size=0.25, random_state=0,
+stratify=y)`` into 1347 training and 450 test images.
+
+Models (both take ``(1, 1, 8, 8)`` and return ``(1, 10)`` logits):
+
+* ``digits_mlp.onnx``: Flatten - Linear(64, 64) - ReLU - Linear(64, 32) - ReLU - Linear(32, 10)
+* ``digits_cnn.onnx``: Conv(1, 8, 3, pad 1) - ReLU - Conv(8, 16, 3, stride 2, pad 1) - ReLU -
+  Flatten - Linear(256, 32) - ReLU - Linear(32, 10)
+
+Training: Adam (lr 1e-2 then 1e-3), cross-entropy, full CPU, seeded; takes a few seconds.
+Writes ``digits_mlp.onnx``, ``digits_cnn.onnx`` and ``digits_test.npz`` (``x`` float32
+``(N, 1, 8, 8)``, ``y`` int64 ``(N,)``) next to this file, or into ``--out``.
+
+Regenerate with::
+
+    pip install scikit-learn   # or: pip install -e '.[train]'
+    python -m perturbkit.models.train_digits
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+SEED = 0
+EPOCHS = 60
+BATCH = 64
+
+
+def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test); x float32 ``(N, 1, 8, 8)`` in [0, 1], y int64."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
+    y = digits.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=SEED, stratify=y)
+    return x_tr, y_tr, x_te, y_te
+
+
+def make_mlp() -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(64, 64), nn.ReLU(),
+        nn.Linear(64, 32), nn.ReLU(),
+        nn.Linear(32, 10),
+    )
+
+
+def make_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 32), nn.ReLU(),
+        nn.Linear(32, 10),
+    )
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int = SEED) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[EPOCHS // 2], gamma=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for _ in range(EPOCHS):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), BATCH):
+            idx = perm[i:i + BATCH]
+            opt.zero_grad()
+            loss_fn(model(x[idx]), y[idx]).backward()
+            opt.step()
+        sched.step()
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return (model(x).argmax(dim=1) == y).float().mean().item()
+
+
+def export_onnx(model: nn.Module, path: Path) -> None:
+    """Export with a fixed ``(1, 1, 8, 8)`` input, opset 13, legacy (TorchScript) exporter."""
+    dummy = torch.zeros(1, 1, 8, 8)
+    tmp = path.with_suffix(".onnx.tmp")
+    torch.onnx.export(model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"],
+                      opset_version=13, dynamo=False)
+    os.replace(tmp, path)
+
+
+def check_onnx(path: Path, model: nn.Module, x: np.ndarray) -> float:
+    """Largest |onnxruntime - torch| over the first samples of ``x``."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    with torch.no_grad():
+        for i in range(min(len(x), 20)):
+            ref = model(torch.from_numpy(x[i:i + 1])).numpy()
+            got = sess.run(None, {"input": x[i:i + 1]})[0]
+            worst = max(worst, float(np.abs(ref - got).max()))
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
+                        help="output folder (default: next to this file)")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(SEED)
+    x_tr, y_tr, x_te, y_te = load_split()
+    xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
+    xe, ye = torch.from_numpy(x_te), torch.from_numpy(y_te)
+
+    for name, make in (("digits_mlp", make_mlp), ("digits_cnn", make_cnn)):
+        torch.manual_seed(SEED)
+        model = train(make(), xt, yt)
+        path = args.out / f"{name}.onnx"
+        export_onnx(model, path)
+        diff = check_onnx(path, model, x_te)
+        print(f"{name}: train acc {accuracy(model, xt, yt):.4f}  test acc {accuracy(model, xe, ye):.4f}  "
+              f"onnx max |diff| {diff:.2e}  -> {path}")
+
+    np.savez_compressed(args.out / "digits_test.npz", x=x_te, y=y_te)
+    print(f"digits_test.npz: {len(x_te)} test images -> {args.out / 'digits_test.npz'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""What an operator rule is.
+
+Every operator has one rule object in :mod:`perturbkit.ops.registry`.  A rule is one of
+
+* :class:`AffineRule`: the output is an affine function of the perturbed inputs
+  (Gemm, Conv, Add, Reshape, ...).  It gives ``forward`` (exact), ``interval`` (IBP) and
+  ``backward`` (the transpose of its linear part).  The constant part is found by the
+  engine as ``forward`` at zero, so no rule writes bias algebra.
+* :class:`ActivationRule`: an elementwise function of one perturbed input.  It gives
+  ``forward``, ``interval`` and ``relax(lo, hi) -> Relaxation``: two lines per element.
+  The engine turns the lines into IBP, backward (CROWN) algebra once, in ``bounds/``.
+* :class:`SelectionRule`: each output element is bounded by lines in *one chosen* input
+  element (MaxPool).  ``relax`` returns a :class:`Relaxation` whose lines carry an
+  ``index`` into the flattened per-sample input.
+
+Calling conventions (see :mod:`perturbkit.graph.ir` for shapes): rule methods receive
+``node`` and one argument per node input.  A constant input is passed as its tensor
+(already cast to the working dtype and device); a perturbed input is passed as a tensor
+(``forward``), an :class:`Interval` (``interval``) or ``None`` (``backward``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional, Sequence
+
+import torch
+
+from perturbkit.graph.ir import Node
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Elementwise bounds ``lo <= x <= hi``; both tensors of shape ``(*lead, *declared)``."""
+
+    lo: Tensor
+    hi: Tensor
+
+    @property
+    def mid(self) -> Tensor:
+        return (self.hi + self.lo) / 2
+
+    @property
+    def rad(self) -> Tensor:
+        return (self.hi - self.lo) / 2
+
+
+@dataclass(frozen=True)
+class Line:
+    """``slope * x + intercept``, elementwise; tensors broadcast against the pre-activation.
+
+    ``index`` (SelectionRule only): int64 tensor ``(*lead, n_out)`` giving, for every output
+    element, the flat per-sample index of the input element the line reads.
+    """
+
+    slope: Tensor
+    intercept: Tensor
+    index: Optional[Tensor] = None
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """``lower(x) <= f(x) <= upper(x)`` for every x in the box the relaxation was made for."""
+
+    lower: Line
+    upper: Line
+
+
+class OpRule:
+    """Base of all rules. ``op_type`` is the ONNX operator name."""
+
+    op_type: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+
+    def forward(self, node: Node, *xs: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def infer_shape(self, node: Node, *xs: Tensor) -> tuple[int, ...]:
+        """Declared output shape, used by the front ends before ``node.out_shape`` is known.
+
+        ``xs``: the constant tensors, and zeros of the declared shape for runtime inputs
+        (no leading dimensions).  The default runs ``forward``; rules whose ``forward``
+        reads ``node.out_shape`` override it.
+        """
+        return tuple(self.forward(node, *xs).shape)
+
+    def interval(self, node: Node, *xs) -> Interval:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class AffineRule(OpRule):
+    """An operator affine in its perturbed inputs (jointly)."""
+
+    kind = "affine"
+
+    def backward(self, node: Node, A: Tensor, *xs: Optional[Tensor]) -> list[Optional[Tensor]]:
+        """Transpose of the linear part.
+
+        Args:
+            A: coefficients on the output, shape ``(*lead, *node.out_shape)``.
+            xs: per input, the constant tensor, or ``None`` for a perturbed input.
+        Returns:
+            per input, coefficients ``(*lead, *node.in_shapes[i])`` (``None`` for constants),
+            such that ``sum(A * f_lin(x)) == sum_i sum(A_i * x_i)``.
+        """
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+class ActivationRule(OpRule):
+    """An elementwise function of input 0 (other inputs are constants)."""
+
+    kind = "activation"
+
+    def interval(self, node: Node, x: Interval, *consts) -> Interval:
+        """Default for monotone non-decreasing functions."""
+        return Interval(self.forward(node, x.lo, *consts), self.forward(node, x.hi, *consts))
+
+    def relax(self, node: Node, lo: Tensor, hi: Tensor, *consts) -> Relaxation:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def unstable(self, node: Node, lo: Tensor, hi: Tensor, *consts) -> Tensor:
+        """Elements whose relaxation depends on the exact bounds (they get CROWN bounds)."""
+        return torch.ones_like(lo, dtype=torch.bool)
+
+
+class SelectionRule(OpRule):
+    """Each output element is related to one chosen input element (MaxPool)."""
+
+    kind = "selection"
+
+    def relax(self, node: Node, lo: Tensor, hi: Tensor) -> Relaxation:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def unstable(self, node: Node, lo: Tensor, hi: Tensor) -> Tensor:
+        return torch.ones_like(lo, dtype=torch.bool)
+
+
+def perturbed(xs: Sequence[object]) -> list[int]:
+    """Indices of the perturbed arguments in a ``backward`` call (those passed as ``None``)."""
+    return [i for i, x in enumerate(xs) if x is None]

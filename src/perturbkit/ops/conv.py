@@ -1,0 +1,113 @@
+"""Conv (1-D, 2-D, 3-D): strides, pads (also asymmetric), dilations, groups, auto_pad.
+
+The weight and bias are constants.  Leading dimensions are folded into the ONNX batch
+dimension.  The transpose (``backward``) is the gradient of the convolution with respect
+to its input, computed by ``torch.nn.grad.conv{1,2,3}d_input`` on the padded input and
+cropped back.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from perturbkit.errors import UnsupportedOperatorError
+from perturbkit.graph.ir import Node, Shape
+from perturbkit.ops.base import AffineRule, Interval
+from perturbkit.ops.util import n_lead, needs_constant
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_INPUT = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
+
+
+def conv_pads(node: Node, in_spatial: Shape, kernel: Shape) -> list[int]:
+    """ONNX pads ``[b_1, ..., b_n, e_1, ..., e_n]`` after resolving ``auto_pad``."""
+    n = len(in_spatial)
+    strides = list(node.attrs.get("strides", [1] * n))
+    dil = list(node.attrs.get("dilations", [1] * n))
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    if isinstance(auto, bytes):
+        auto = auto.decode()
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads_b, pads_e = [], []
+        for i in range(n):
+            out = math.ceil(in_spatial[i] / strides[i])
+            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - in_spatial[i])
+            small, big = total // 2, total - total // 2
+            pads_b.append(small if auto == "SAME_UPPER" else big)
+            pads_e.append(big if auto == "SAME_UPPER" else small)
+        return pads_b + pads_e
+    if auto == "VALID":
+        return [0] * (2 * n)
+    return [int(p) for p in node.attrs.get("pads", [0] * (2 * n))]
+
+
+def _torch_pad(pads: list[int]) -> list[int]:
+    """ONNX ``[b1..bn, e1..en]`` -> torch.nn.functional.pad order (last dim first)."""
+    n = len(pads) // 2
+    out: list[int] = []
+    for i in reversed(range(n)):
+        out += [pads[i], pads[n + i]]
+    return out
+
+
+class Conv(AffineRule):
+    op_type = "Conv"
+
+    def _geometry(self, node: Node, W: torch.Tensor):
+        nd = W.dim() - 2
+        if nd not in _CONV:
+            raise UnsupportedOperatorError(f"Conv with {nd} spatial dims is not supported at {node.where()}")
+        in_shape = node.in_shapes[0]
+        spatial = tuple(in_shape[-nd:])
+        kernel = tuple(W.shape[2:])
+        pads = conv_pads(node, spatial, kernel)
+        strides = list(node.attrs.get("strides", [1] * nd))
+        dil = list(node.attrs.get("dilations", [1] * nd))
+        group = int(node.attrs.get("group", 1))
+        return nd, pads, strides, dil, group
+
+    def _conv(self, node: Node, x: torch.Tensor, W: torch.Tensor, b):
+        nd, pads, strides, dil, group = self._geometry(node, W)
+        in_shape = node.in_shapes[0]
+        k = n_lead(x, in_shape)
+        lead = x.shape[:k]
+        x = x.reshape(-1, *in_shape[-nd - 1:])
+        sym = all(pads[i] == pads[nd + i] for i in range(nd))
+        if sym:
+            y = _CONV[nd](x, W, b, stride=strides, padding=pads[:nd], dilation=dil, groups=group)
+        else:
+            y = _CONV[nd](F.pad(x, _torch_pad(pads)), W, b, stride=strides, dilation=dil, groups=group)
+        return y.reshape(*lead, *in_shape[:-nd - 1], *y.shape[1:])
+
+    def forward(self, node: Node, x: torch.Tensor, W: torch.Tensor, b=None) -> torch.Tensor:
+        return self._conv(node, x, W, b)
+
+    def interval(self, node: Node, x: Interval, W: torch.Tensor, b=None) -> Interval:
+        mid = self._conv(node, x.mid, W, b)
+        rad = self._conv(node, x.rad, W.abs(), None)
+        return Interval(mid - rad, mid + rad)
+
+    def backward(self, node: Node, A: torch.Tensor, x, W=None, b=None):
+        W = needs_constant(node, (x, W, b), 1, "weight")
+        nd, pads, strides, dil, group = self._geometry(node, W)
+        in_shape = node.in_shapes[0]
+        out_shape = node.out_shape
+        k = n_lead(A, out_shape)
+        lead = A.shape[:k]
+        A2 = A.reshape(-1, *out_shape[-nd - 1:])
+        if all(pads[i] == pads[nd + i] for i in range(nd)):
+            size = [A2.shape[0], *in_shape[-nd - 1:]]
+            Ax = _CONV_INPUT[nd](size, W, A2, stride=strides, padding=pads[:nd], dilation=dil, groups=group)
+        else:
+            spatial = [in_shape[-nd + i] + pads[i] + pads[nd + i] for i in range(nd)]
+            size = [A2.shape[0], in_shape[-nd - 1], *spatial]
+            Ax = _CONV_INPUT[nd](size, W, A2, stride=strides, padding=0, dilation=dil, groups=group)
+            crop = (slice(None), slice(None)) + tuple(
+                slice(pads[i], pads[i] + in_shape[-nd + i]) for i in range(nd))
+            Ax = Ax[crop]
+        out = [Ax.reshape(*lead, *in_shape), None]
+        if b is not None:
+            out.append(None)
+        return out

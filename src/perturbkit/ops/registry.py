@@ -1,0 +1,49 @@
+"""The one table of operator rules: ONNX op type -> rule object.
+
+Adding an operator: write its module in ``ops/``, add one line here, and add a case to
+``tests/conformance/cases.py`` (the conformance test fails for any op without a case).
+"""
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Mapping
+
+from perturbkit.errors import UnsupportedOperatorError
+from perturbkit.graph.ir import Node
+from perturbkit.ops import arith, conv, linear, relu, reshape
+from perturbkit.ops.base import OpRule
+
+_RULES: dict[str, OpRule] = {
+    "Gemm": linear.Gemm(),
+    "MatMul": linear.MatMul(),
+    "Conv": conv.Conv(),
+    "Add": arith.Add(),
+    "Sub": arith.Sub(),
+    "Mul": arith.Mul(),
+    "Div": arith.Div(),
+    "Neg": arith.Neg(),
+    "Relu": relu.Relu(),
+    "LeakyRelu": relu.LeakyRelu(),
+    "Reshape": reshape.Reshape(),
+    "Flatten": reshape.Flatten(),
+    "Squeeze": reshape.Squeeze(),
+    "Unsqueeze": reshape.Unsqueeze(),
+    "Identity": reshape.Identity(),
+    "Dropout": reshape.Dropout(),
+}
+
+RULES: Mapping[str, OpRule] = MappingProxyType(_RULES)
+
+
+def supported() -> list[str]:
+    return sorted(RULES)
+
+
+def rule_for(node: Node, source: str = "") -> OpRule:
+    """The rule for ``node``, or an error naming the op, the node and what is supported."""
+    try:
+        return RULES[node.op_type]
+    except KeyError:
+        raise UnsupportedOperatorError(
+            f"no rule for '{node.op_type}' at {node.where(source)}; supported: {', '.join(supported())}"
+        ) from None

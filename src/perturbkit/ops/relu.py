@@ -1,0 +1,66 @@
+"""ReLU and LeakyReLU: the triangle relaxation (CROWN, Zhang et al. 2018).
+
+For an unstable neuron (``lo < 0 < hi``) the upper line is the chord through
+``(lo, f(lo))`` and ``(hi, f(hi))``; the lower line has slope 1 when ``hi > -lo`` and slope
+0 (``alpha`` for LeakyReLU) otherwise ("adaptive" choice, which minimises the area of the
+relaxation).  Stable neurons are exact.
+"""
+from __future__ import annotations
+
+import torch
+
+from perturbkit.graph.ir import Node
+from perturbkit.ops.base import ActivationRule, Line, Relaxation
+
+
+class Relu(ActivationRule):
+    op_type = "Relu"
+
+    def _alpha(self, node: Node) -> float:
+        return 0.0
+
+    def forward(self, node: Node, x: torch.Tensor, *consts) -> torch.Tensor:
+        a = self._alpha(node)
+        return torch.relu(x) if a == 0.0 else torch.where(x >= 0, x, a * x)
+
+    def unstable(self, node: Node, lo: torch.Tensor, hi: torch.Tensor, *consts) -> torch.Tensor:
+        return (lo < 0) & (hi > 0)
+
+    def relax(self, node: Node, lo: torch.Tensor, hi: torch.Tensor, *consts) -> Relaxation:
+        a = self._alpha(node)
+        active = lo >= 0
+        inactive = hi <= 0
+        unstable = ~(active | inactive)
+        one = torch.ones_like(lo)
+        # upper: chord on unstable, identity/alpha on stable
+        denom = torch.where(unstable, hi - lo, one)
+        chord = (hi - a * lo) / denom
+        chord = torch.where(unstable, chord, torch.where(active, one, one * a))
+        u_int = torch.where(unstable, (a - chord) * lo, torch.zeros_like(lo))
+        # lower: adaptive slope in {alpha, 1}
+        l_slope = torch.where(unstable, torch.where(hi > -lo, one, one * a),
+                              torch.where(active, one, one * a))
+        zero = torch.zeros_like(lo)
+        if a > 1.0:  # LeakyReLU with alpha > 1 is concave: swap the roles of the lines
+            return Relaxation(lower=Line(chord, u_int), upper=Line(l_slope, zero))
+        return Relaxation(lower=Line(l_slope, zero), upper=Line(chord, u_int))
+
+
+class LeakyRelu(Relu):
+    op_type = "LeakyRelu"
+
+    def _alpha(self, node: Node) -> float:
+        return float(node.attrs.get("alpha", 0.01))
+
+    def interval(self, node: Node, x, *consts):
+        from perturbkit.ops.base import Interval
+        a = self._alpha(node)
+        if a >= 0:
+            return Interval(self.forward(node, x.lo), self.forward(node, x.hi))
+        # negative alpha: not monotone; evaluate on the endpoints and at 0
+        vals = torch.stack([self.forward(node, x.lo), self.forward(node, x.hi)])
+        lo = vals.min(0).values
+        hi = vals.max(0).values
+        inside = (x.lo < 0) & (x.hi > 0)
+        lo = torch.where(inside, torch.minimum(lo, torch.zeros_like(lo)), lo)
+        return Interval(lo, hi)
