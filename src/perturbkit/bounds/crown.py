@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from perturbkit.bounds import patches
 from perturbkit.bounds.engine import Context, backward, interval_of
 from perturbkit.ops.base import Interval
 from perturbkit.ops.registry import rule_for
@@ -58,13 +59,18 @@ def _crown_intermediate(ctx: Context, name: str, itv: Interval, idx: torch.Tenso
     chunk = max(1, _BUDGET_BYTES // max(1, 2 * B * widest * itemsize))
     lo = itv.lo.reshape(B, n).clone()
     hi = itv.hi.reshape(B, n).clone()
+    local = ctx.use_patches and patches.supports_start(ctx, name)
     for start in range(0, idx.numel(), chunk):
         part = idx[start:start + chunk]
         K = part.numel()
-        E = torch.zeros(K, n, dtype=ctx.dtype, device=ctx.device)
-        E[torch.arange(K, device=ctx.device), part] = 1.0
-        A = torch.cat([E, -E], 0).unsqueeze(0).expand(B, 2 * K, n).reshape(B, 2 * K, *shape)
-        r = backward(ctx, name, A)
+        if local:
+            sign = torch.cat([torch.ones(K, device=ctx.device), -torch.ones(K, device=ctx.device)])
+            r = patches.lower_bounds(ctx, name, torch.cat([part, part]), sign)
+        else:
+            E = torch.zeros(K, n, dtype=ctx.dtype, device=ctx.device)
+            E[torch.arange(K, device=ctx.device), part] = 1.0
+            A = torch.cat([E, -E], 0).unsqueeze(0).expand(B, 2 * K, n).reshape(B, 2 * K, *shape)
+            r = backward(ctx, name, A)
         lo[:, part] = torch.maximum(lo[:, part], r[:, :K])
         hi[:, part] = torch.minimum(hi[:, part], -r[:, K:])
     return Interval(lo.reshape(B, *shape), hi.reshape(B, *shape))

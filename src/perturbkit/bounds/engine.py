@@ -43,6 +43,9 @@ class Context:
     relaxations: dict[str, Relaxation] = field(default_factory=dict)
     const_parts: dict[str, Optional[Tensor]] = field(default_factory=dict)
     position: dict[str, int] = field(default_factory=dict)
+    consumer_count: dict[str, int] = field(default_factory=dict)
+    use_patches: bool = True
+    local_mats: dict = field(default_factory=dict)
 
     @property
     def graph(self):
@@ -56,6 +59,11 @@ def make_context(net: Network, input_set: PerturbationSet) -> Context:
     ctx = Context(net=net, consts=net.constants(ref.dtype, ref.device), batch=batch, input_set=flat,
                   dtype=ref.dtype, device=ref.device)
     ctx.position = {n.output: i for i, n in enumerate(net.graph.nodes)}
+    for n in net.graph.nodes:
+        for i in n.inputs:
+            ctx.consumer_count[i] = ctx.consumer_count.get(i, 0) + 1
+    out = net.graph.output_name
+    ctx.consumer_count[out] = ctx.consumer_count.get(out, 0) + 1
     lo, hi = flat.box()
     shape = net.graph.input_shape
     ctx.intervals[net.graph.input_name] = Interval(lo.reshape(batch, *shape), hi.reshape(batch, *shape))
@@ -112,19 +120,20 @@ def _line_tensor(t: Tensor, like: Tensor) -> Tensor:
     return t
 
 
-def backward(ctx: Context, start: str, A: Tensor) -> Tensor:
+def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = None) -> Tensor:
     """Lower bound of ``<A, v_start>`` over the input set, per batch element and spec.
 
     Args:
         start: name of the value the coefficients act on.
         A: ``(B, S, *declared_shape(start))``.
+        bias: optional ``(B, S)`` constant already accumulated.
     Returns:
         ``(B, S)``.
     """
     g = ctx.graph
     B, S = A.shape[0], A.shape[1]
     store: dict[str, Tensor] = {start: A}
-    bias = torch.zeros(B, S, dtype=ctx.dtype, device=ctx.device)
+    bias = torch.zeros(B, S, dtype=ctx.dtype, device=ctx.device) if bias is None else bias
     end = ctx.position.get(start, -1)
     for node in reversed(g.nodes[: end + 1]):
         A = store.pop(node.output, None)

@@ -38,6 +38,10 @@ def resolve_model(spec: str) -> Path:
     )
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
 def load_input(spec: str) -> np.ndarray:
     """Read one input or a batch from a ``.npy`` file (or an ``.npz`` holding ``x`` or one array).
 
@@ -50,6 +54,10 @@ def load_input(spec: str) -> np.ndarray:
     if path.is_dir():
         raise InputError(f"input {spec} is a directory, expected a .npy file")
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+        if magic != _NPY_MAGIC and not magic.startswith(_ZIP_MAGIC):
+            raise InputError(f"input {spec} is not a numpy .npy file (save one with numpy.save)")
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.lib.npyio.NpzFile):
             with loaded:
@@ -78,7 +86,7 @@ def load_input(spec: str) -> np.ndarray:
     bad = ~np.isfinite(arr)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InputError(f"input {spec} contains NaN or inf ({int(bad.sum())} values, first at index {first})")
+        raise InputError(f"input {spec} contains NaN or inf ({int(bad.sum())} non-finite, the first at index {first})")
     return arr
 
 

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Bound the label margins of a few bundled test digits under IBP, "
                                    "CROWN and CROWN-IBP for both bundled models.")
     d.add_argument("--n", type=int, default=8, dest="n_digits", metavar="N", help="number of digits (default: 8)")
-    d.add_argument("--eps", type=float, default=0.02, metavar="E", help="Lp radius (default: 0.02)")
+    d.add_argument("--eps", type=float, default=0.03, metavar="E", help="Lp radius (default: 0.03)")
     d.add_argument("--norm", default="inf", choices=list(NORMS), help="default: inf")
     d.add_argument("--save-dir", default=None, metavar="DIR",
                    help="where digit 0 is saved for the printed command (default: a temp folder)")

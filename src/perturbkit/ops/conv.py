@@ -84,6 +84,12 @@ class Conv(AffineRule):
     def forward(self, node: Node, x: torch.Tensor, W: torch.Tensor, b=None) -> torch.Tensor:
         return self._conv(node, x, W, b)
 
+    def local_geometry(self, node: Node, W: torch.Tensor) -> dict:
+        """Geometry for the engine's patch (local coefficient) mode: a 2-D convolution maps
+        input position ``y*stride - pad_begin + k*dilation`` to output position ``y``."""
+        nd, pads, strides, dil, group = self._geometry(node, W)
+        return {"nd": nd, "pads_begin": pads[:nd], "strides": strides, "dilations": dil, "groups": group}
+
     def interval(self, node: Node, x: Interval, W: torch.Tensor, b=None) -> Interval:
         mid = self._conv(node, x.mid, W, b)
         rad = self._conv(node, x.rad, W.abs(), None)

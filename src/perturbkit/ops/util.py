@@ -57,3 +57,70 @@ def needs_constant(node: Node, xs, index: int, what: str) -> torch.Tensor:
             f"the {what} must be a constant"
         )
     return x
+
+
+def shift_axis(axis: int, declared: Shape, x: torch.Tensor, node: Node) -> int:
+    """Tensor dimension of declared-shape ``axis`` (ONNX, maybe negative) in ``x`` with leading dims."""
+    return n_lead(x, declared) + norm_axis(int(axis), len(declared), node)
+
+
+def int_list(v) -> list[int]:
+    """Attribute value (list, tuple, tensor, scalar) as a list of python ints."""
+    if isinstance(v, torch.Tensor):
+        return [int(t) for t in v.reshape(-1).tolist()]
+    if isinstance(v, (list, tuple)):
+        return [int(t) for t in v]
+    return [int(v)]
+
+
+def rounding_slack(slope: torch.Tensor, intercept: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                   *scales: torch.Tensor, ulps: float = 16.0) -> torch.Tensor:
+    """A bound on the floating-point error of a computed line on ``[lo, hi]``.
+
+    Returns ``ulps * eps * (|intercept| + |slope| * max(|lo|, |hi|) + sum |scales|) + 4 * tiny``
+    in the dtype of ``lo``: shifting the intercept outward by this much keeps a line that is
+    sound in exact arithmetic sound after it has been computed in floating point, provided
+    the slope, the intercept and the function values (``scales``) it came from each carry a
+    relative error of a few ulps (the absolute ``tiny`` term covers underflow).
+    """
+    fi = torch.finfo(lo.dtype)
+    m = torch.maximum(lo.abs(), hi.abs())
+    total = intercept.abs() + slope.abs() * m
+    for s in scales:
+        total = total + s.abs()
+    return ulps * fi.eps * total + 4 * fi.tiny
+
+
+def widen(lo: torch.Tensor, hi: torch.Tensor, ulps: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[lo, hi]`` pushed outward by a few ulps, for bounds computed with a rounded function."""
+    fi = torch.finfo(lo.dtype)
+    return lo - ulps * fi.eps * lo.abs() - fi.tiny, hi + ulps * fi.eps * hi.abs() + fi.tiny
+
+
+def finite_or_constant(relax_lower: tuple[torch.Tensor, torch.Tensor], relax_upper: tuple[torch.Tensor, torch.Tensor],
+                       lo: torch.Tensor, hi: torch.Tensor, f_lo_bound: torch.Tensor, f_hi_bound: torch.Tensor):
+    """Replace the lines of elements with a non-finite bound (or width) by constant lines.
+
+    ``f_lo_bound``/``f_hi_bound``: sound elementwise bounds of ``f`` on ``[lo, hi]`` (IBP).
+    Returns ``((l_slope, l_int), (u_slope, u_int))``.
+    """
+    ok = torch.isfinite(lo) & torch.isfinite(hi) & torch.isfinite(hi - lo)
+    zero = torch.zeros_like(lo)
+    ls = torch.where(ok, relax_lower[0], zero)
+    li = torch.where(ok, relax_lower[1], f_lo_bound)
+    us = torch.where(ok, relax_upper[0], zero)
+    ui = torch.where(ok, relax_upper[1], f_hi_bound)
+    return (ls, li), (us, ui)
+
+
+def torch_pad_order(begin: list[int], end: list[int]) -> list[int]:
+    """ONNX-style per-axis ``begin``/``end`` pads -> ``torch.nn.functional.pad`` order (last axis first)."""
+    out: list[int] = []
+    for b, e in zip(reversed(begin), reversed(end)):
+        out += [int(b), int(e)]
+    return out
+
+
+def attr_str(node: Node, key: str, default: str) -> str:
+    v = node.attrs.get(key, default)
+    return v.decode() if isinstance(v, bytes) else str(v)
