@@ -19,7 +19,8 @@ def load(model: Union[str, os.PathLike, torch.nn.Module, Network], example_input
     """A :class:`Network` from an ONNX file path or a ``torch.nn.Module``.
 
     Args:
-        model: path to an ``.onnx`` file, an ``nn.Module``, or a Network (returned as is).
+        model: path to an ``.onnx`` file, an ``onnx.ModelProto``, an ``nn.Module``, or a Network
+            (returned as is).
         example_input: for a module, one input batch ``(1, *sample_shape)`` used to trace it.
     """
     if isinstance(model, Network):
@@ -30,7 +31,9 @@ def load(model: Union[str, os.PathLike, torch.nn.Module, Network], example_input
         from perturbkit.graph.from_torch import graph_from_module
 
         return Network(graph_from_module(model, example_input))
-    if isinstance(model, (str, os.PathLike)):
+    import onnx
+
+    if isinstance(model, (str, os.PathLike, onnx.ModelProto)):
         from perturbkit.graph.from_onnx import graph_from_onnx
 
         return Network(graph_from_onnx(model))

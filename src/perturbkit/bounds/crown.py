@@ -19,14 +19,9 @@ import math
 
 import torch
 
-from perturbkit.bounds import patches
-from perturbkit.bounds.engine import Context, backward, interval_of
+from perturbkit.bounds.engine import Context, backward, interval_of, tighten
 from perturbkit.ops.base import Interval
 from perturbkit.ops.registry import rule_for
-
-# memory budget for one backward pass of intermediate bounds (bytes of the widest A)
-_BUDGET_BYTES = 256 * 2**20
-
 
 def _needs_bounds(ctx: Context) -> dict[str, list]:
     """value name -> nonlinear consumer nodes whose relaxation reads its bounds."""
@@ -49,33 +44,6 @@ def _unstable_mask(ctx: Context, consumers: list, itv: Interval) -> torch.Tensor
     return mask
 
 
-def _crown_intermediate(ctx: Context, name: str, itv: Interval, idx: torch.Tensor) -> Interval:
-    """Tighten ``itv`` (B, *shape) by CROWN on the flat elements ``idx`` (shared over the batch)."""
-    B = ctx.batch
-    shape = itv.lo.shape[1:]
-    n = itv.lo[0].numel()
-    widest = max(math.prod(s) for s in ctx.graph.shapes.values())
-    itemsize = torch.finfo(ctx.dtype).bits // 8
-    chunk = max(1, _BUDGET_BYTES // max(1, 2 * B * widest * itemsize))
-    lo = itv.lo.reshape(B, n).clone()
-    hi = itv.hi.reshape(B, n).clone()
-    local = ctx.use_patches and patches.supports_start(ctx, name)
-    for start in range(0, idx.numel(), chunk):
-        part = idx[start:start + chunk]
-        K = part.numel()
-        if local:
-            sign = torch.cat([torch.ones(K, device=ctx.device), -torch.ones(K, device=ctx.device)])
-            r = patches.lower_bounds(ctx, name, torch.cat([part, part]), sign)
-        else:
-            E = torch.zeros(K, n, dtype=ctx.dtype, device=ctx.device)
-            E[torch.arange(K, device=ctx.device), part] = 1.0
-            A = torch.cat([E, -E], 0).unsqueeze(0).expand(B, 2 * K, n).reshape(B, 2 * K, *shape)
-            r = backward(ctx, name, A)
-        lo[:, part] = torch.maximum(lo[:, part], r[:, :K])
-        hi[:, part] = torch.minimum(hi[:, part], -r[:, K:])
-    return Interval(lo.reshape(B, *shape), hi.reshape(B, *shape))
-
-
 def intermediate_bounds(ctx: Context, *, mode: str) -> None:
     """Fill ``ctx.intervals`` for every node; ``mode`` 'crown' tightens the inputs of
     nonlinearities by CROWN, 'ibp' keeps interval bounds (CROWN-IBP)."""
@@ -86,7 +54,7 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> None:
             mask = _unstable_mask(ctx, need[node.output], itv)
             idx = mask.reshape(ctx.batch, -1).any(0).nonzero().squeeze(1)
             if idx.numel():
-                itv = _crown_intermediate(ctx, node.output, itv, idx)
+                itv = tighten(ctx, node.output, itv, idx)
         ctx.intervals[node.output] = itv
 
 

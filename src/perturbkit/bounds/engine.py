@@ -15,6 +15,7 @@ Shapes: ``B`` batch, ``S`` number of specifications.  Intervals of a value are
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -46,6 +47,7 @@ class Context:
     consumer_count: dict[str, int] = field(default_factory=dict)
     use_patches: bool = True
     local_mats: dict = field(default_factory=dict)
+    exact_linear: set = field(default_factory=set)
 
     @property
     def graph(self):
@@ -64,10 +66,40 @@ def make_context(net: Network, input_set: PerturbationSet) -> Context:
             ctx.consumer_count[i] = ctx.consumer_count.get(i, 0) + 1
     out = net.graph.output_name
     ctx.consumer_count[out] = ctx.consumer_count.get(out, 0) + 1
+    ctx.exact_linear = _exact_linear_values(net, flat.is_box)
     lo, hi = flat.box()
     shape = net.graph.input_shape
     ctx.intervals[net.graph.input_name] = Interval(lo.reshape(batch, *shape), hi.reshape(batch, *shape))
     return ctx
+
+
+def _exact_linear_values(net: Network, is_box: bool) -> set[str]:
+    """Values of the linear prefix whose interval needs the backward pass to be exact.
+
+    * ``kept``: the input up to coordinatewise affine maps (reshapes, BatchNorm, scaling,
+      shifts): interval arithmetic is exact on them for any set.
+    * ``linear``: affine functions of the input.
+    A linear value that is not kept needs the backward pass, except one mixing map
+    (Gemm, Conv, ...) applied to a kept value when the set is a box (exact already).
+    """
+    g = net.graph
+    kept = {g.input_name}
+    linear = {g.input_name}
+    need: set[str] = set()
+    for n in g.nodes:
+        rule = rule_for(n, g.source)
+        runtime = [i for i in n.inputs if i not in g.constants]
+        if rule.kind != "affine" or not all(i in linear for i in runtime):
+            continue
+        linear.add(n.output)
+        if len(runtime) == 1 and runtime[0] in kept:
+            if getattr(rule, "coordinatewise", False):
+                kept.add(n.output)
+                continue
+            if is_box:
+                continue
+        need.add(n.output)
+    return need
 
 
 def args_for(ctx: Context, node: Node, perturbed) -> list:
@@ -76,9 +108,55 @@ def args_for(ctx: Context, node: Node, perturbed) -> list:
 
 
 def interval_of(ctx: Context, node: Node) -> Interval:
-    """IBP through one node from the current intervals of its inputs."""
+    """IBP through one node from the current intervals of its inputs.
+
+    One refinement over plain interval arithmetic: values that are affine functions of the
+    input (the network's linear prefix) get the exact range of that affine function over the
+    input set (by the backward pass and the dual norm), whenever interval arithmetic would
+    not already be exact (see :func:`_exact_linear_values`).  So IBP is exact on purely
+    linear networks and does not lose the shape of an L2/L1 ball at the first layer.
+    """
     rule = rule_for(node, ctx.graph.source)
-    return rule.interval(node, *args_for(ctx, node, lambda name: ctx.intervals[name]))
+    itv = rule.interval(node, *args_for(ctx, node, lambda name: ctx.intervals[name]))
+    if node.output in ctx.exact_linear:
+        n = itv.lo[0].numel()
+        itv = tighten(ctx, node.output, itv, torch.arange(n, device=ctx.device))
+    return itv
+
+
+# memory budget for one backward pass of intermediate bounds (bytes of the widest A)
+_BUDGET_BYTES = 256 * 2**20
+
+
+def tighten(ctx: Context, name: str, itv: Interval, idx: Tensor) -> Interval:
+    """Intersect ``itv`` (B, *shape) with linear (CROWN) bounds of the flat elements ``idx``
+    of value ``name``, computed in chunks that fit the memory budget; convolution outputs
+    use patch mode (:mod:`perturbkit.bounds.patches`)."""
+    from perturbkit.bounds import patches
+
+    B = ctx.batch
+    shape = itv.lo.shape[1:]
+    n = itv.lo[0].numel()
+    widest = max(math.prod(s) for s in ctx.graph.shapes.values())
+    itemsize = torch.finfo(ctx.dtype).bits // 8
+    chunk = max(1, _BUDGET_BYTES // max(1, 2 * B * widest * itemsize))
+    lo = itv.lo.reshape(B, n).clone()
+    hi = itv.hi.reshape(B, n).clone()
+    local = ctx.use_patches and patches.supports_start(ctx, name)
+    for start in range(0, idx.numel(), chunk):
+        part = idx[start:start + chunk]
+        K = part.numel()
+        if local:
+            sign = torch.cat([torch.ones(K, device=ctx.device), -torch.ones(K, device=ctx.device)])
+            r = patches.lower_bounds(ctx, name, torch.cat([part, part]), sign)
+        else:
+            E = torch.zeros(K, n, dtype=ctx.dtype, device=ctx.device)
+            E[torch.arange(K, device=ctx.device), part] = 1.0
+            A = torch.cat([E, -E], 0).unsqueeze(0).expand(B, 2 * K, n).reshape(B, 2 * K, *shape)
+            r = backward(ctx, name, A)
+        lo[:, part] = torch.maximum(lo[:, part], r[:, :K])
+        hi[:, part] = torch.minimum(hi[:, part], -r[:, K:])
+    return Interval(lo.reshape(B, *shape), hi.reshape(B, *shape))
 
 
 def constant_part(ctx: Context, node: Node) -> Optional[Tensor]:

@@ -203,11 +203,11 @@ def _nested(a: np.ndarray) -> list:
 
 
 def command(cfg: BoundsConfig) -> int:
-    """Run ``perturbkit bounds``: print the table, then write the JSON record if asked."""
+    """Run ``perturbkit bounds``: write the JSON record if asked, then print the table."""
     res = run_bounds(cfg)
-    print(format_table(cfg, res))
     if cfg.json_out is not None:
         write_json_atomic(cfg.json_out, to_record(cfg, res))
+    print(format_table(cfg, res))
     return 0
 
 

@@ -57,6 +57,12 @@ class _Var:
         return self.value.dim()
 
 
+def _why(e: BaseException) -> str:
+    """``Type: first line of the message`` (error messages stay on one line)."""
+    msg = str(e).strip()
+    return f"{type(e).__name__}: {msg.splitlines()[0]}" if msg else type(e).__name__
+
+
 def _tol(ref: torch.Tensor) -> float:
     eps = torch.finfo(ref.dtype).eps if ref.is_floating_point() else 0.0
     scale = float(ref.abs().max()) if ref.numel() else 0.0
@@ -81,6 +87,7 @@ class _Builder:
 
     source: str
     param_names: dict[int, str]
+    folded: dict[int, tuple[torch.Tensor, str]] = field(default_factory=dict)  # id -> (tensor, fx name)
     nodes: list[Node] = field(default_factory=list)
     constants: dict[str, torch.Tensor] = field(default_factory=dict)
     shapes: dict[str, Shape] = field(default_factory=dict)
@@ -112,7 +119,9 @@ class _Builder:
         hit = self._const_ids.get(id(t))
         if hit is not None and hit[0] is t:
             return hit[1]
-        base = self.param_names.get(id(t)) or f"{self.fx_node.name if self.fx_node else 'const'}_const"
+        fold = self.folded.get(id(t))
+        base = (self.param_names.get(id(t)) or (fold[1] if fold is not None and fold[0] is t else None)
+                or f"{self.fx_node.name if self.fx_node else 'const'}_const")
         name = self.fresh(base)
         self.constants[name] = t.detach().clone()
         self._const_ids[id(t)] = (t, name)
@@ -151,7 +160,7 @@ class _Builder:
         except PerturbkitError:
             raise
         except Exception as e:  # noqa: BLE001 - re-raised with the location
-            raise ModelError(f"while converting {self.where()} to {op}: {type(e).__name__}: {e}") from None
+            raise ModelError(f"while converting {self.where()} to {op}: {_why(e)}") from None
         self.nodes.append(node)
         self.shapes[name] = node.out_shape
         return _Var(name, value)
@@ -877,7 +886,7 @@ _FUNCTIONS: dict[Any, Converter] = {
     F.softplus: _softplus_fn,
     F.hardtanh: _hardtanh_fn, F.relu6: _relu6_fn,
     torch.clamp: _clamp, torch.clip: _clamp, torch.clamp_min: _clamp_min, torch.clamp_max: _clamp_max,
-    torch.abs: _unary("Abs"), operator.abs: _unary("Abs"),
+    torch.abs: _unary("Abs"), operator.abs: _unary("Abs"), abs: _unary("Abs"),
     # layers
     F.linear: _linear_fn,
     F.conv1d: _conv_fn, F.conv2d: _conv_fn, F.conv3d: _conv_fn,
@@ -941,17 +950,17 @@ _VALUE_FREE_METHODS = {"new_zeros", "new_ones", "new_full", "new_tensor", "new_e
 
 
 def _target_name(target: Any) -> str:
+    """``torch.relu``, ``F.pad``, ``operator.add``, a method name, ...: as a user would write it."""
     if isinstance(target, str):
         return target
-    mod = getattr(target, "__module__", None) or ""
-    name = getattr(target, "__name__", repr(target))
-    if mod in ("_operator", "operator"):
-        return f"operator.{name}"
-    if mod.startswith("torch.nn.functional") or target in (F.linear, F.pad):
-        return f"F.{name}"
-    if mod.startswith("torch") or type(target).__name__ == "builtin_function_or_method":
-        return f"torch.{name}" if hasattr(torch, name) and getattr(torch, name) is target else name
-    return f"{mod}.{name}" if mod else name
+    name = getattr(target, "__name__", None)
+    if name is None:
+        return repr(target)
+    for prefix, ns in (("F.", F), ("torch.", torch), ("operator.", operator)):
+        if getattr(ns, name, None) is target:
+            return prefix + name
+    mod = getattr(target, "__module__", None)
+    return f"{mod}.{name}" if mod and mod != "builtins" else name
 
 
 def supported_torch() -> dict[str, list[str]]:
@@ -1009,10 +1018,13 @@ def _convert_call(b: _Builder, gm: fx.GraphModule, n: fx.Node, env: dict[fx.Node
         else:
             value = mod(*cargs, **ckwargs)
     except Exception as e:  # noqa: BLE001 - re-raised with the location
-        raise ModelError(f"while running {b.where()} on the example input: {type(e).__name__}: {e}") from None
+        raise ModelError(f"while running {b.where()} on the example input: {_why(e)}") from None
 
     if not (_has_var(args) or _has_var(kwargs)):  # does not depend on the input: fold
-        return value.detach() if isinstance(value, torch.Tensor) else value
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+            b.folded[id(value)] = (value, n.name)
+        return value
     if n.op == "call_method" and n.target in _SHAPE_METHODS or \
             n.op == "call_function" and n.target is getattr and args[1] in _SHAPE_ATTRS or \
             n.op == "call_function" and n.target in _VALUE_FREE_FUNCTIONS or \
@@ -1027,8 +1039,35 @@ def _convert_call(b: _Builder, gm: fx.GraphModule, n: fx.Node, env: dict[fx.Node
         conv = _FUNCTIONS.get(n.target) if _hashable(n.target) else None
     if conv is None:
         raise _unsupported_call(b, n, mod)
-    result = conv(b, _Call(n, tuple(args), kwargs, value, mod))
-    return _checked(b, result, value)
+    try:
+        result = conv(b, _Call(n, tuple(args), kwargs, value, mod))
+    except PerturbkitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an argument combination the converter does not handle
+        raise UnsupportedOperatorError(f"cannot convert {b.where()}: {_why(e)}") from None
+    result = _checked(b, result, value)
+    if _in_place(n, mod, args, kwargs) and isinstance(n.args[0], fx.Node) and isinstance(result, _Var):
+        env[n.args[0]] = result  # later readers of the mutated tensor see the new value
+    return result
+
+
+# positional index of the ``inplace`` flag of functional activations
+_INPLACE_ARG = {F.relu: 1, F.relu6: 1, F.leaky_relu: 2, F.hardtanh: 3, F.dropout: 3, F.dropout1d: 3,
+                F.dropout2d: 3, F.dropout3d: 3, F.alpha_dropout: 3}
+
+
+def _in_place(n: fx.Node, mod: Optional[nn.Module], args: tuple, kwargs: dict) -> bool:
+    """Whether the call overwrites its first argument (``relu_``, ``inplace=True``, ...)."""
+    if n.op == "call_module":
+        return bool(getattr(mod, "inplace", False))
+    if n.op == "call_method":
+        return n.target.endswith("_") and not n.target.endswith("__")
+    if getattr(n.target, "__name__", "").endswith("_") and not n.target.__name__.endswith("__"):
+        return True
+    if kwargs.get("inplace"):
+        return True
+    i = _INPLACE_ARG.get(n.target) if _hashable(n.target) else None
+    return i is not None and len(args) > i and bool(args[i])
 
 
 def _hashable(x: Any) -> bool:
@@ -1055,12 +1094,22 @@ def _checked(b: _Builder, result: Any, value: Any) -> Any:
 
 
 def _trace(module: nn.Module, source: str) -> fx.GraphModule:
+    if any(c in _MODULES for c in type(module).__mro__):
+        module = nn.Sequential(module)  # a bare layer: trace it as a leaf of a container
     try:
         return fx.symbolic_trace(module)
     except Exception as e:  # noqa: BLE001 - any tracing failure becomes one clear line
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else "no message"
-        raise ModelError(f"cannot trace {source} with torch.fx ({type(e).__name__}: {msg}); "
+        raise ModelError(f"cannot trace {source} with torch.fx ({_why(e)}); "
                          "export it with torch.onnx.export and load the .onnx file instead") from None
+
+
+def _check_signature(gm: fx.GraphModule, source: str) -> None:
+    required = [n.target for n in gm.graph.nodes if n.op == "placeholder" and not n.args]
+    if not any(n.op == "placeholder" for n in gm.graph.nodes):
+        raise ModelError(f"{source}.forward takes no input")
+    if len(required) > 1:
+        raise ModelError(f"{source}.forward takes {len(required)} tensor arguments ({', '.join(map(str, required))}); "
+                         "perturbkit supports exactly one input")
 
 
 def _live(nodes: list[Node], out: str) -> list[Node]:
@@ -1072,9 +1121,9 @@ def _live(nodes: list[Node], out: str) -> list[Node]:
     return keep[::-1]
 
 
-def _convert(gm: fx.GraphModule, x: torch.Tensor, source: str) -> Graph:
+def _convert(module: nn.Module, gm: fx.GraphModule, x: torch.Tensor, source: str) -> Graph:
     names: dict[int, str] = {}
-    for qual, t in list(gm.named_parameters()) + list(gm.named_buffers()):
+    for qual, t in list(module.named_parameters()) + list(module.named_buffers()):
         names.setdefault(id(t), qual)
     b = _Builder(source=source, param_names=names)
     env: dict[fx.Node, Any] = {}
@@ -1087,23 +1136,18 @@ def _convert(gm: fx.GraphModule, x: torch.Tensor, source: str) -> Graph:
                 input_var = _Var(b.fresh(n.name), x)
                 b.shapes[input_var.name] = input_var.shape
                 env[n] = input_var
-            elif n.args:
-                env[n] = n.args[0]  # an optional argument: its default
             else:
-                raise ModelError(f"{source}.forward takes more than one tensor argument (also '{n.target}'); "
-                                 "perturbkit supports exactly one input")
+                env[n] = n.args[0]  # an optional argument: its default (see _check_signature)
         elif n.op == "get_attr":
             obj: Any = gm
             for part in str(n.target).split("."):
                 obj = getattr(obj, part)
-            env[n] = obj.detach() if isinstance(obj, torch.Tensor) else obj
+            env[n] = obj  # kept as is: parameters are recognised (and detached) when registered
         elif n.op == "output":
             output = _map(n.args[0], lambda a: env[a] if isinstance(a, fx.Node) else a)
         else:
             env[n] = _convert_call(b, gm, n, env)
     b.fx_node = None
-    if input_var is None:
-        raise ModelError(f"{source}.forward takes no input")
     if isinstance(output, (tuple, list)) and len(output) == 1:
         output = output[0]
     if not isinstance(output, _Var):
@@ -1160,13 +1204,13 @@ def graph_from_module(module: nn.Module, example_input: torch.Tensor, *, source:
     try:
         module.eval()
         with torch.no_grad():
+            gm = _trace(module, source)
+            _check_signature(gm, source)
             try:
                 ref = module(x.clone())
             except Exception as e:  # noqa: BLE001
-                raise ModelError(f"{source} fails on the example input of shape {tuple(x.shape)}: "
-                                 f"{type(e).__name__}: {e}") from None
-            gm = _trace(module, source)
-            graph = _convert(gm, x, source)
+                raise ModelError(f"{source} fails on the example input of shape {tuple(x.shape)}: {_why(e)}") from None
+            graph = _convert(module, gm, x, source)
             if isinstance(ref, torch.Tensor):
                 _check_graph(graph, x, ref)
     finally:

@@ -19,6 +19,7 @@ def _aligned(node: Node, xs):
 class Add(AffineRule):
     op_type = "Add"
     sign = 1.0
+    coordinatewise = True  # with one runtime input (the engine checks that)
 
     def forward(self, node: Node, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         a, b = _aligned(node, (a, b))
@@ -52,6 +53,7 @@ class Mul(AffineRule):
     """Product with a constant (either side)."""
 
     op_type = "Mul"
+    coordinatewise = True
 
     def _const(self, node: Node, a, b):
         ca, cb = isinstance(a, torch.Tensor), isinstance(b, torch.Tensor)
@@ -105,6 +107,7 @@ class Div(Mul):
 
 class Neg(AffineRule):
     op_type = "Neg"
+    coordinatewise = True
 
     def forward(self, node: Node, x: torch.Tensor) -> torch.Tensor:
         return -x

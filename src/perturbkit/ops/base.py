@@ -93,6 +93,9 @@ class AffineRule(OpRule):
     """An operator affine in its perturbed inputs (jointly)."""
 
     kind = "affine"
+    #: output coordinates are affine functions of single input coordinates (reshapes,
+    #: elementwise scaling/shifts): intervals stay exact through it
+    coordinatewise: ClassVar[bool] = False
 
     def backward(self, node: Node, A: Tensor, *xs: Optional[Tensor]) -> list[Optional[Tensor]]:
         """Transpose of the linear part.

@@ -19,6 +19,7 @@ Tensor = torch.Tensor
 
 class BatchNormalization(AffineRule):
     op_type = "BatchNormalization"
+    coordinatewise = True
 
     def _gain_shift(self, node: Node, xs) -> tuple[Tensor, Tensor]:
         if int(node.attrs.get("training_mode", 0)):

@@ -10,7 +10,9 @@ from typing import Mapping
 
 from perturbkit.errors import UnsupportedOperatorError
 from perturbkit.graph.ir import Node
-from perturbkit.ops import arith, conv, linear, relu, reshape
+from perturbkit.ops import abs as abs_
+from perturbkit.ops import (arith, batchnorm, clip, conv, convtranspose, indexing, linear, pool, reduce, relu,
+                            reshape, shape_ops, sigmoid, softplus)
 from perturbkit.ops.base import OpRule
 
 _RULES: dict[str, OpRule] = {
@@ -30,6 +32,24 @@ _RULES: dict[str, OpRule] = {
     "Unsqueeze": reshape.Unsqueeze(),
     "Identity": reshape.Identity(),
     "Dropout": reshape.Dropout(),
+    "Sigmoid": sigmoid.Sigmoid(),
+    "Tanh": sigmoid.Tanh(),
+    "Softplus": softplus.Softplus(),
+    "Abs": abs_.Abs(),
+    "Clip": clip.Clip(),
+    "BatchNormalization": batchnorm.BatchNormalization(),
+    "ConvTranspose": convtranspose.ConvTranspose(),
+    "AveragePool": pool.AveragePool(),
+    "GlobalAveragePool": pool.GlobalAveragePool(),
+    "MaxPool": pool.MaxPool(),
+    "ReduceSum": reduce.ReduceSum(),
+    "ReduceMean": reduce.ReduceMean(),
+    "Transpose": shape_ops.Transpose(),
+    "Concat": shape_ops.Concat(),
+    "Constant": shape_ops.Constant(),
+    "Slice": indexing.Slice(),
+    "Gather": indexing.Gather(),
+    "Pad": indexing.Pad(),
 }
 
 RULES: Mapping[str, OpRule] = MappingProxyType(_RULES)

@@ -18,6 +18,8 @@ from perturbkit.ops.util import n_lead
 class ReshapeLike(AffineRule):
     """Output = input reshaped to ``node.out_shape``."""
 
+    coordinatewise = True
+
     def forward(self, node: Node, x: torch.Tensor, *rest) -> torch.Tensor:
         k = n_lead(x, node.in_shapes[0])
         return x.reshape(*x.shape[:k], *node.out_shape)

@@ -51,6 +51,9 @@ def rows(x: torch.Tensor, batch: int) -> torch.Tensor:
 class PerturbationSet:
     """Base class; see the module docstring."""
 
+    #: True when the set is an axis-aligned box (then IBP of one affine map is exact)
+    is_box: bool = True
+
     def flatten(self, batch: int, n: int) -> "PerturbationSet":  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -66,6 +66,10 @@ class LpBall(PerturbationSet):
         object.__setattr__(self, "domain", dom)
 
     @property
+    def is_box(self) -> bool:  # type: ignore[override]
+        return self.norm == math.inf
+
+    @property
     def reference(self) -> torch.Tensor:
         return self.center
 

@@ -1,0 +1,60 @@
+"""Exactness on purely linear networks.
+
+CROWN and CROWN-IBP are exact on every linear network (the backward pass composes the
+affine maps, and the dual norm gives the exact extremum).  IBP is exact when the network
+applies a single mixing affine map to the box (elementwise affine maps such as BatchNorm
+may precede it); on compositions of several mixing maps interval arithmetic is only an
+over-approximation, as it is by definition.
+Exactness is checked by attaining the bound: the extremal point is evaluated.
+"""
+import math
+
+import pytest
+import torch
+
+import perturbkit as pk
+from nets import network
+
+
+def _jacobian(module, shape):
+    x0 = torch.zeros(1, *shape[1:], dtype=torch.float64)
+    b = module(x0).reshape(-1)
+    J = torch.autograd.functional.jacobian(lambda z: module(z.reshape(1, *shape[1:])).reshape(-1),
+                                           x0.reshape(-1))
+    return J, b  # y = J x + b
+
+
+def _exact_lower(J, b, x, eps, norm):
+    c = x.reshape(x.shape[0], -1)
+    q = {math.inf: 1, 2: 2, 1: math.inf}[norm]
+    dual = torch.linalg.vector_norm(J * eps, ord=q, dim=-1)
+    return c @ J.T + b - dual, c @ J.T + b + dual
+
+
+@pytest.mark.parametrize("kind", ["linear", "linear_conv", "one_affine"])
+@pytest.mark.parametrize("norm", [math.inf, 2, 1])
+@pytest.mark.parametrize("method", ["crown", "crown-ibp", "ibp"])
+def test_linear_exact(kind, norm, method):
+    if method == "ibp" and (kind != "one_affine" or norm != math.inf):
+        pytest.skip("IBP is exact for one mixing affine map of a box only (see module docstring)")
+    net, module, shape = network(kind)
+    x = torch.rand(3, *shape[1:], dtype=torch.float64)
+    eps = 0.2
+    b = pk.bounds(net, pk.sets.LpBall(x, eps, norm=norm), method=method)
+    J, c = _jacobian(module, shape)
+    lo, hi = _exact_lower(J, c, x, eps, norm)
+    torch.testing.assert_close(b.lower, lo, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(b.upper, hi, rtol=1e-10, atol=1e-10)
+    if norm == math.inf:  # attained at a corner
+        corner = x - eps * torch.sign(J[0]).reshape(1, *shape[1:])
+        y = module(corner)
+        torch.testing.assert_close(y[:, 0], b.lower[:, 0], rtol=1e-10, atol=1e-10)
+
+
+def test_ibp_sound_but_loose_on_deep_linear():
+    net, module, shape = network("linear")
+    x = torch.rand(2, *shape[1:], dtype=torch.float64)
+    s = pk.sets.LpBall(x, 0.2)
+    ibp = pk.bounds(net, s, method="ibp")
+    crown = pk.bounds(net, s, method="crown")
+    assert (ibp.lower <= crown.lower + 1e-12).all() and (ibp.upper >= crown.upper - 1e-12).all()
