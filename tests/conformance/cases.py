@@ -143,7 +143,7 @@ CASES: list[Case] = [
     # ---- piecewise-linear activations ----------------------------------------------------
     _c("relu", "Relu", [(2, 3, 4)]),
     _c("leakyrelu_default", "LeakyRelu", [(2, 3)]),
-    _c("leakyrelu_0.1", "LeakyRelu", [(2, 3)], {"alpha": 0.1}),
+    _c("leakyrelu_0.125", "LeakyRelu", [(2, 3)], {"alpha": 0.125}),
     _c("leakyrelu_neg", "LeakyRelu", [(2, 3)], {"alpha": -0.5}),
     _c("leakyrelu_2", "LeakyRelu", [(2, 3)], {"alpha": 2.0}),
     _c("abs", "Abs", [(2, 3, 4)]),
@@ -192,6 +192,10 @@ CASES: list[Case] = [
        {"strides": [2, 2], "auto_pad": "SAME_LOWER"}, {1: rnd(1, 2, 3, 3)}),
     _c("convT2d_asym_pads", "ConvTranspose", [(1, 2, 3, 4), (2, 2, 2, 3)],
        {"strides": [1, 2], "pads": [0, 1, 1, 0]}, {1: rnd(2, 2, 2, 3)}),
+    _c("convT2d_output_shape_nc", "ConvTranspose", [(1, 2, 3, 3), (2, 2, 3, 3), (2,)],
+       {"strides": [2, 2], "output_shape": [7, 6], "output_padding": [0, 1]}, {1: rnd(2, 2, 3, 3), 2: rnd(2)}),
+    _c("convT1d_outpad_dil", "ConvTranspose", [(2, 2, 4), (2, 2, 2)],
+       {"strides": [3], "dilations": [2], "output_padding": [2], "pads": [1, 0]}, {1: rnd(2, 2, 2)}),
     _c("avgpool2d", "AveragePool", [(1, 2, 6, 6)], {"kernel_shape": [2, 2], "strides": [2, 2]}),
     _c("avgpool2d_pad_excl", "AveragePool", [(1, 2, 6, 6)],
        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
@@ -204,6 +208,10 @@ CASES: list[Case] = [
     _c("avgpool1d", "AveragePool", [(2, 3, 7)], {"kernel_shape": [3], "strides": [2], "pads": [1, 1]}),
     _c("avgpool2d_same_upper", "AveragePool", [(1, 1, 5, 5)],
        {"kernel_shape": [2, 2], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    _c("avgpool2d_ceil_drop", "AveragePool", [(1, 1, 5, 5)],
+       {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1}),
+    _c("avgpool2d_dil", "AveragePool", [(1, 2, 7, 6)],
+       {"kernel_shape": [2, 2], "dilations": [2, 1], "pads": [1, 0, 1, 1], "count_include_pad": 1}, opset=19),
     _c("gap2d", "GlobalAveragePool", [(1, 2, 3, 4)]),
     _c("gap1d", "GlobalAveragePool", [(2, 3, 5)]),
     _c("maxpool2d", "MaxPool", [(1, 2, 6, 6)], {"kernel_shape": [2, 2], "strides": [2, 2]}),
@@ -211,6 +219,10 @@ CASES: list[Case] = [
     _c("maxpool2d_dil", "MaxPool", [(1, 1, 7, 7)], {"kernel_shape": [2, 2], "dilations": [2, 2]}),
     _c("maxpool2d_ceil", "MaxPool", [(1, 1, 5, 5)], {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
     _c("maxpool2d_asym", "MaxPool", [(2, 1, 5, 6)], {"kernel_shape": [2, 3], "pads": [0, 1, 1, 0]}),
+    _c("maxpool2d_ceil_drop", "MaxPool", [(1, 2, 5, 5)],
+       {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1}),
+    _c("maxpool2d_same_upper", "MaxPool", [(1, 1, 5, 6)],
+       {"kernel_shape": [3, 2], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
     _c("maxpool1d", "MaxPool", [(2, 2, 7)], {"kernel_shape": [3], "strides": [2], "pads": [1, 1]}),
     # ---- reductions --------------------------------------------------------------------------
     _c("reducesum_axis1", "ReduceSum", [(2, 3, 4)], {"axes": _ints(1)}),
@@ -242,6 +254,7 @@ CASES: list[Case] = [
     _c("gather_axis0", "Gather", [(4, 3)], {"indices": _ints(0, 3, -1)}),
     _c("gather_axis1_2d", "Gather", [(2, 5, 3)], {"indices": torch.tensor([[1, 4], [0, -2]]), "axis": 1}),
     _c("gather_scalar_last", "Gather", [(2, 5, 3)], {"indices": torch.tensor(2), "axis": -1}),
+    _c("gather_1d_data", "Gather", [(5,)], {"indices": torch.tensor([[4, 0], [-1, 2]])}),
     _c("gather_repeat", "Gather", [(4, 3)], {"indices": _ints(1, 1, 2), "axis": 0}),
     _c("pad_constant", "Pad", [(1, 2, 3, 4)], {"pads": _ints(0, 0, 1, 2, 0, 0, 2, 1), "constant_value": 1.5}),
     _c("pad_reflect", "Pad", [(1, 2, 3, 4)], {"pads": _ints(0, 0, 1, 2, 0, 0, 2, 1), "mode": "reflect"}),
@@ -290,7 +303,7 @@ def onnx_model(case: Case, dtype: np.dtype) -> onnx.ModelProto:
     if case.op_type == "Constant":
         attrs["value"] = numpy_helper.from_array(_np(attrs["value"], dtype), "value")
     node = helper.make_node(case.op_type, names, ["y"], **attrs)
-    out = helper.make_tensor_value_info("y", elem, None)
+    out = helper.make_tensor_value_info("y", elem, list(case.node().out_shape))
     graph = helper.make_graph([node], case.id, graph_inputs, [out], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)])
     onnx.checker.check_model(model)

@@ -13,7 +13,7 @@ import torch
 from onnx import TensorProto, helper
 
 import perturbkit as pk
-from conftest import DATA, SHARED
+from tests.conftest import DATA, SHARED
 from perturbkit.errors import ModelError, UnsupportedOperatorError
 
 _BOUND = re.compile(r"\(\s*(<=|>=)\s+X_(\d+)\s+([-+0-9.eE]+)\s*\)")

@@ -62,7 +62,7 @@ class Patches:
         cols = F.unfold(mp, (ph, pw))  # (B, C'*ph*pw, L)
         Lw = mp.shape[-1] - pw + 1
         pos = (self.oy + top) * Lw + (self.ox + left)
-        rows = cols.transpose(1, 2).index_select(1, pos)  # (B, S, C'*ph*pw)
+        rows = cols.transpose(1, 2).contiguous().index_select(1, pos)  # (B, S, C'*ph*pw)
         return rows.reshape(B, -1, Cm, ph, pw)
 
     def dense(self) -> Tensor:

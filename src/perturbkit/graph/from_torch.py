@@ -18,6 +18,11 @@ What it does, in order:
 
 Dispatch is by tables (module class, function object, method name), one converter per
 entry; a converter receives the builder and the call and returns the IR value(s).
+
+Shapes: the example input ``(*declared_input_shape)``; every example value carried through
+the conversion has its declared shape (no leading dimensions).  ``Network(graph)`` then runs
+a batch ``(B, *sample)`` as leading dimensions, so ``x.view(x.size(0), -1)`` (converted to
+``Reshape`` with ``shape=[1, n]``) still keeps the samples apart.
 """
 from __future__ import annotations
 
@@ -113,9 +118,9 @@ class _Builder:
     # -- constants ----------------------------------------------------------
     def const(self, t: Any, like: Optional[torch.Tensor] = None) -> str:
         """Register a constant operand; returns its name (parameters keep their qualified name)."""
-        if not isinstance(t, torch.Tensor):
-            t = torch.tensor(float(t) if not isinstance(t, bool) else float(t),
-                             dtype=like.dtype if like is not None and like.is_floating_point() else torch.float32)
+        if not isinstance(t, torch.Tensor):  # a Python scalar: a 0-d tensor, like an ONNX export's
+            dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
+            t = torch.tensor(float(t), dtype=dtype)
         hit = self._const_ids.get(id(t))
         if hit is not None and hit[0] is t:
             return hit[1]
@@ -662,7 +667,7 @@ def _unsqueeze_any(b: _Builder, x: Any, axis: int) -> Any:
 
 
 def _concat(b: _Builder, xs: list[Any], dim: int, rank: int) -> _Var:
-    xs = [x for x in xs if isinstance(x, _Var) or _operand(x).numel() > 0 or rank == 1]
+    xs = [x for x in xs if isinstance(x, _Var) or _operand(x).numel() > 0]  # torch.cat skips empty tensors
     if len(xs) == 1:
         return b.emit("Identity", [_var(b, xs[0])])
     return b.emit("Concat", [_operand(x) for x in xs], {"axis": _axis(b, dim, rank)})
@@ -719,13 +724,20 @@ def _getitem(b: _Builder, c: _Call) -> Any:
             i = it + n if it < 0 else it
             if not 0 <= i < n:
                 raise _unsupported(b, f"index {it} out of range for dimension {d} of size {n}")
-            starts.append(i), ends.append(i + 1), axes.append(d), steps.append(1), drop.append(d)
+            starts.append(i)
+            ends.append(i + 1)
+            axes.append(d)
+            steps.append(1)
+            drop.append(d)
         else:
             s, e, st = it.indices(n)
             if st <= 0:
                 raise _unsupported(b, "slicing with a non-positive step is not supported")
             if (s, e, st) != (0, n, 1):
-                starts.append(s), ends.append(max(e, s)), axes.append(d), steps.append(st)
+                starts.append(s)
+                ends.append(max(e, s))
+                axes.append(d)
+                steps.append(st)
         d += 1
     y = _slice(b, x, starts, ends, axes, steps) if axes else x
     target = tuple(c.value.shape)
@@ -866,7 +878,7 @@ _MODULES: dict[type, Converter] = {
     nn.Tanh: _unary("Tanh"),
     nn.Softplus: _softplus_module,
     nn.Hardtanh: _hardtanh_module,  # ReLU6 is a Hardtanh
-    nn.Flatten: _flatten_module,
+    nn.Flatten: _flatten_module, nn.Unflatten: _reshape,
     nn.Identity: _identity_node,
     nn.Dropout: _identity_node, nn.Dropout1d: _identity_node, nn.Dropout2d: _identity_node,
     nn.Dropout3d: _identity_node, nn.AlphaDropout: _identity_node,
@@ -911,7 +923,7 @@ _FUNCTIONS: dict[Any, Converter] = {
     operator.pos: _passthrough,
     operator.matmul: _matmul, torch.matmul: _matmul, torch.mm: _matmul,
     # shapes
-    torch.flatten: _flatten_fn, torch.reshape: _reshape,
+    torch.flatten: _flatten_fn, torch.reshape: _reshape, torch.unflatten: _reshape,
     torch.permute: _permute, torch.transpose: _transpose, torch.swapaxes: _transpose, torch.t: _t,
     torch.squeeze: _squeeze, torch.unsqueeze: _unsqueeze,
     torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat, torch.stack: _stack,
@@ -927,7 +939,7 @@ _METHODS: dict[str, Converter] = {
     "clamp": _clamp, "clip": _clamp, "clamp_min": _clamp_min, "clamp_max": _clamp_max,
     "add": _binary("Add"), "sub": _binary("Sub"), "mul": _binary("Mul"), "div": _binary("Div"),
     "matmul": _matmul, "mm": _matmul,
-    "view": _reshape, "reshape": _reshape, "view_as": _reshape, "reshape_as": _reshape,
+    "view": _reshape, "reshape": _reshape, "view_as": _reshape, "reshape_as": _reshape, "unflatten": _reshape,
     "flatten": lambda b, c: _flatten(b, c.args[0], int(c.arg(1, "start_dim", 0)), int(c.arg(2, "end_dim", -1)),
                                      c.value),
     "permute": _permute, "transpose": _transpose, "swapaxes": _transpose, "t": _t,

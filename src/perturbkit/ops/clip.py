@@ -51,7 +51,8 @@ class Clip(ActivationRule):
         return min(a, b), b
 
     def forward(self, node: Node, x: Tensor, *consts) -> Tensor:
-        return torch.clamp(x, min=_bound(node, "min"), max=_bound(node, "max"))
+        a, b = _bound(node, "min"), _bound(node, "max")
+        return x.clone() if a is None and b is None else torch.clamp(x, min=a, max=b)
 
     def interval(self, node: Node, x: Interval, *consts) -> Interval:
         return Interval(self.forward(node, x.lo), self.forward(node, x.hi))

@@ -18,6 +18,23 @@ from perturbkit.ops.base import AffineRule, Interval
 from perturbkit.ops.util import n_lead, needs_constant
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def _conv_input(size, W, A, *, stride, padding, dilation, groups):
+    """Gradient of a convolution with respect to its input (its transpose), as a transposed
+    convolution with the output padding that restores the input size ``size[2:]``."""
+    nd = W.dim() - 2
+    out_pad = []
+    for i in range(nd):
+        natural = (A.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (W.shape[2 + i] - 1) + 1
+        out_pad.append(size[2 + i] - natural)
+    if all(0 <= p < max(stride[i], dilation[i]) for i, p in enumerate(out_pad)):
+        return _CONV_T[nd](A, W, stride=stride, padding=padding, output_padding=out_pad, groups=groups,
+                           dilation=dilation)
+    return _CONV_INPUT[nd](size, W, A, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
 _CONV_INPUT = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
 
 
@@ -105,11 +122,11 @@ class Conv(AffineRule):
         A2 = A.reshape(-1, *out_shape[-nd - 1:])
         if all(pads[i] == pads[nd + i] for i in range(nd)):
             size = [A2.shape[0], *in_shape[-nd - 1:]]
-            Ax = _CONV_INPUT[nd](size, W, A2, stride=strides, padding=pads[:nd], dilation=dil, groups=group)
+            Ax = _conv_input(size, W, A2, stride=strides, padding=pads[:nd], dilation=dil, groups=group)
         else:
             spatial = [in_shape[-nd + i] + pads[i] + pads[nd + i] for i in range(nd)]
             size = [A2.shape[0], in_shape[-nd - 1], *spatial]
-            Ax = _CONV_INPUT[nd](size, W, A2, stride=strides, padding=0, dilation=dil, groups=group)
+            Ax = _conv_input(size, W, A2, stride=strides, padding=[0] * nd, dilation=dil, groups=group)
             crop = (slice(None), slice(None)) + tuple(
                 slice(pads[i], pads[i] + in_shape[-nd + i]) for i in range(nd))
             Ax = Ax[crop]

@@ -49,6 +49,10 @@ def convtranspose_geometry(node: Node, kernel: tuple[int, ...]):
         target = [spatial[i] * strides[i] for i in range(nd)]
     if target is not None:
         total = [full[i] + opad[i] - target[i] for i in range(nd)]
+        if any(t < 0 for t in total):
+            raise UnsupportedOperatorError(
+                f"ConvTranspose output_shape {target} exceeds the full output {full} (+ output_padding {opad}) "
+                f"at {node.where()}; it must not be larger than the unpadded transposed convolution")
         if auto == "SAME_UPPER":
             pb = [_half(t) for t in total]
             pe = [t - _half(t) for t in total]

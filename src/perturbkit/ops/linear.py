@@ -11,7 +11,7 @@ import torch
 from perturbkit.errors import UnsupportedOperatorError
 from perturbkit.graph.ir import Node
 from perturbkit.ops.base import AffineRule, Interval
-from perturbkit.ops.util import n_lead, needs_constant, unbroadcast
+from perturbkit.ops.util import align, n_lead, needs_constant, unbroadcast
 
 
 def _t(x: torch.Tensor) -> torch.Tensor:
@@ -71,42 +71,55 @@ class MatMul(AffineRule):
         return 0 if c1 else 1
 
     @staticmethod
-    def _mm(node: Node, side: int, x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-        s = node.in_shapes[side]
-        if side == 0:
-            return x @ W
-        if len(s) == 1:  # W @ x with x a vector: treat x as a column
-            return (W @ x.unsqueeze(-1)).squeeze(-1)
-        return W @ x
+    def _promote(node: Node):
+        """Declared shapes with 1-D operands promoted to matrices (numpy rules), and the common rank."""
+        sa, sb = (tuple(s) for s in node.in_shapes)
+        va, vb = len(sa) == 1, len(sb) == 1
+        pa = (1, *sa) if va else sa
+        pb = (*sb, 1) if vb else sb
+        return va, vb, pa, pb, max(len(pa), len(pb))
+
+    @classmethod
+    def _mm(cls, node: Node, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """numpy ``matmul`` of the declared operands; leading dims of either stay in front.
+
+        Both operands are promoted to matrices and aligned to a common rank before ``@``, so a
+        constant with more batch dims than the perturbed side broadcasts behind the leading dims.
+        """
+        va, vb, pa, pb, r = cls._promote(node)
+        a = align(a.unsqueeze(-2) if va else a, pa, r)
+        b = align(b.unsqueeze(-1) if vb else b, pb, r)
+        y = a @ b
+        if vb:
+            y = y.squeeze(-1)
+        if va:
+            y = y.squeeze(-1 if vb else -2)
+        return y
 
     def forward(self, node: Node, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if len(node.in_shapes[0]) == 1 and n_lead(a, node.in_shapes[0]) > 0 and b.dim() == len(node.in_shapes[1]):
-            return a @ b  # (lead, K) @ (K, N): vector semantics per sample
-        if len(node.in_shapes[1]) == 1 and b.dim() > 1 and n_lead(b, node.in_shapes[1]) > 0:
-            return (a @ b.unsqueeze(-1)).squeeze(-1)
-        return torch.matmul(a, b)
+        return self._mm(node, a, b)
 
     def interval(self, node: Node, a, b) -> Interval:
         side = self._side(node, (a, b))
-        x, W = (a, b) if side == 0 else (b, a)
-        mid = self._mm(node, side, x.mid, W)
-        rad = self._mm(node, side, x.rad, W.abs())
+        if side == 0:
+            mid, rad = self._mm(node, a.mid, b), self._mm(node, a.rad, b.abs())
+        else:
+            mid, rad = self._mm(node, a, b.mid), self._mm(node, a.abs(), b.rad)
         return Interval(mid - rad, mid + rad)
 
     def backward(self, node: Node, A: torch.Tensor, a, b):
         side = self._side(node, (a, b))
-        out_shape = node.out_shape
-        x_shape = node.in_shapes[side]
+        va, vb, pa, pb, r = self._promote(node)
+        k = n_lead(A, node.out_shape)
+        if vb:
+            A = A.unsqueeze(-1)
+        if va:
+            A = A.unsqueeze(-2)
+        full_out = tuple(A.shape[k:])  # (*batch, M, N) of the promoted product
         if side == 0:
-            W = b
-            if len(x_shape) == 1:  # y[n] = sum_k x[k] W[k, n]
-                return [A @ _t(W) if W.dim() == 2 else A @ _t(W), None]
-            Ax = A @ _t(W)
-            full = (*out_shape[:-1], x_shape[-1])
-            return [unbroadcast(Ax, full, x_shape), None]
-        W = a
-        if len(x_shape) == 1:
-            return [None, A @ W]
-        Ax = _t(W) @ A
-        full = (*out_shape[:-2], x_shape[-2], out_shape[-1])
-        return [None, unbroadcast(Ax, full, x_shape)]
+            W = align(b.unsqueeze(-1) if vb else b, pb, r)
+            Ax = unbroadcast(A @ _t(W), (*full_out[:-2], pa[-2], pa[-1]), pa)
+            return [Ax.squeeze(-2) if va else Ax, None]
+        W = align(a.unsqueeze(-2) if va else a, pa, r)
+        Ax = unbroadcast(_t(W) @ A, (*full_out[:-2], pb[-2], pb[-1]), pb)
+        return [None, Ax.squeeze(-1) if vb else Ax]

@@ -159,10 +159,8 @@ class MaxPool(_Pool, SelectionRule):
     op_type = "MaxPool"
 
     def forward(self, node: Node, x: Tensor) -> Tensor:
-        if int(node.attrs.get("storage_order", 0)) not in (0, 1):  # pragma: no cover - attribute check
-            raise UnsupportedOperatorError(f"bad storage_order at {node.where()}")
         g, (k, in_sp, out_sp, idx, padded) = self.gather(node, x, -math.inf)
-        return g.max(-1).values.reshape(*x.shape[:k + 2], *out_sp)
+        return g.amax(-1).reshape(*x.shape[:k + 2], *out_sp)
 
     def interval(self, node: Node, x: Interval) -> Interval:
         return Interval(self.forward(node, x.lo), self.forward(node, x.hi))
@@ -179,8 +177,8 @@ class MaxPool(_Pool, SelectionRule):
         j = glo.argmax(-1, keepdim=True)  # (*lead, N, C, n_out, 1)
         lo_j = glo.gather(-1, j).squeeze(-1)
         others = ghi.scatter(-1, j, torch.full_like(lo_j.unsqueeze(-1), -math.inf))
-        hi_other = others.max(-1).values
-        hi_all = ghi.max(-1).values
+        hi_other = others.amax(-1)
+        hi_all = ghi.amax(-1)
         exact = lo_j >= hi_other
         one, zero = torch.ones_like(lo_j), torch.zeros_like(lo_j)
         # flat spatial input index of j*, then per-sample flat index over (N, C, *in_spatial)
@@ -188,6 +186,7 @@ class MaxPool(_Pool, SelectionRule):
         sp = win.gather(-1, j).squeeze(-1)
         real = sp >= 0  # False only for a window with no finite lower bound at all
         sp = torch.where(real, sp, torch.zeros_like(sp))
+        exact = exact & real
         nc = lo.shape[k] * lo.shape[k + 1]
         n_in = math.prod(in_sp)
         base = (torch.arange(nc, device=lo.device) * n_in).reshape(lo.shape[k], lo.shape[k + 1], 1)

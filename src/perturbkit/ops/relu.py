@@ -36,7 +36,9 @@ class Relu(ActivationRule):
         denom = torch.where(unstable, hi - lo, one)
         chord = (hi - a * lo) / denom
         chord = torch.where(unstable, chord, torch.where(active, one, one * a))
-        u_int = torch.where(unstable, (a - chord) * lo, torch.zeros_like(lo))
+        # intercept of the chord, (a - 1) * hi * lo / (hi - lo): no cancellation (``(a - chord) * lo`` loses
+        # all digits of ``a - chord`` when hi << -lo, e.g. 3 % error in float32 for lo = -1e6, hi = 0.3)
+        u_int = torch.where(unstable, (a - 1.0) * hi * (lo / denom), torch.zeros_like(lo))
         # lower: adaptive slope in {alpha, 1}
         l_slope = torch.where(unstable, torch.where(hi > -lo, one, one * a),
                               torch.where(active, one, one * a))

@@ -19,7 +19,8 @@ intercept is finally moved outward by a bound on its rounding error
 (:func:`perturbkit.ops.util.rounding_slack`), so the lines are sound as computed in
 float32 and float64, including ``l == u`` and very wide boxes.  Derivatives and chord
 slopes are evaluated in forms without cancellation (``sigmoid(x) sigmoid(-x)``, ``expm1``).
-Elements with an infinite bound get constant lines (their IBP bounds).
+Elements with an infinite (or beyond ``sqrt(finfo.max)``) bound get constant lines (their
+IBP bounds).
 
 Shapes: ``lo``, ``hi``: ``(*lead, *declared)``; every line tensor has the same shape.
 """
@@ -31,7 +32,7 @@ import torch
 
 from perturbkit.graph.ir import Node
 from perturbkit.ops.base import ActivationRule, Interval, Line, Relaxation
-from perturbkit.ops.util import finite_or_constant, rounding_slack, widen
+from perturbkit.ops.util import finite_box, finite_or_constant, rounding_slack, widen
 
 Tensor = torch.Tensor
 
@@ -109,7 +110,7 @@ class SShaped(ActivationRule):
         return s, c + rounding_slack(s, c, l, u, fl, fu)
 
     def relax(self, node: Node, lo: Tensor, hi: Tensor, *consts) -> Relaxation:
-        ok = torch.isfinite(lo) & torch.isfinite(hi) & torch.isfinite(hi - lo)
+        ok = finite_box(lo, hi)
         zero = torch.zeros_like(lo)
         l, u = torch.where(ok, lo, zero), torch.where(ok, hi, zero)
         us, uc = self.upper_line(l, u)

@@ -16,7 +16,7 @@ import torch
 
 from perturbkit.graph.ir import Node
 from perturbkit.ops.base import ActivationRule, Interval, Line, Relaxation
-from perturbkit.ops.util import finite_or_constant, rounding_slack, widen
+from perturbkit.ops.util import finite_box, finite_or_constant, rounding_slack, widen
 
 Tensor = torch.Tensor
 
@@ -46,7 +46,7 @@ class Softplus(ActivationRule):
         return torch.where(pos, delta / ws, torch.sigmoid(l))
 
     def relax(self, node: Node, lo: Tensor, hi: Tensor, *consts) -> Relaxation:
-        ok = torch.isfinite(lo) & torch.isfinite(hi) & torch.isfinite(hi - lo)
+        ok = finite_box(lo, hi)
         zero = torch.zeros_like(lo)
         l, u = torch.where(ok, lo, zero), torch.where(ok, hi, zero)
         fl, fu = softplus(l), softplus(u)

@@ -99,12 +99,14 @@ def widen(lo: torch.Tensor, hi: torch.Tensor, ulps: float = 4.0) -> tuple[torch.
 
 def finite_or_constant(relax_lower: tuple[torch.Tensor, torch.Tensor], relax_upper: tuple[torch.Tensor, torch.Tensor],
                        lo: torch.Tensor, hi: torch.Tensor, f_lo_bound: torch.Tensor, f_hi_bound: torch.Tensor):
-    """Replace the lines of elements with a non-finite bound (or width) by constant lines.
+    """Replace the lines of elements with an infinite or astronomically large bound by constant lines.
 
+    Bounds beyond ``sqrt(finfo.max)`` (about 1.8e19 in float32, 1.3e154 in float64) are treated
+    as unbounded: there chord slopes underflow and ``slope * bound`` loses every digit.
     ``f_lo_bound``/``f_hi_bound``: sound elementwise bounds of ``f`` on ``[lo, hi]`` (IBP).
     Returns ``((l_slope, l_int), (u_slope, u_int))``.
     """
-    ok = torch.isfinite(lo) & torch.isfinite(hi) & torch.isfinite(hi - lo)
+    ok = finite_box(lo, hi)
     zero = torch.zeros_like(lo)
     ls = torch.where(ok, relax_lower[0], zero)
     li = torch.where(ok, relax_lower[1], f_lo_bound)
@@ -124,3 +126,9 @@ def torch_pad_order(begin: list[int], end: list[int]) -> list[int]:
 def attr_str(node: Node, key: str, default: str) -> str:
     v = node.attrs.get(key, default)
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def finite_box(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Elements whose bounds are at most ``sqrt(finfo.max)`` in magnitude (lines are computed there)."""
+    limit = math.sqrt(torch.finfo(lo.dtype).max)
+    return (lo.abs() <= limit) & (hi.abs() <= limit)

@@ -1,0 +1,128 @@
+"""Speed of perturbkit's bounds against auto_LiRPA's recorded times, and CROWN's peak memory.
+
+    python bench/bounds_speed.py [--runs 30] [--markdown OUT.md]
+
+* probe_mlp / probe_cnn (../shared/benchmarks/lirpa_refs, or the copies in tests/data/lirpa):
+  one thread, a few warm-up calls, then the median wall time of ``--runs`` calls of
+  ``perturbkit.bounds`` (model loading excluded, as for auto_LiRPA's numbers, which were
+  measured after building its module).  auto_LiRPA's times are the ones recorded in
+  lirpa_refs/README.md on this kind of machine (auto_LiRPA 0.7.1 is not on PyPI to rerun).
+  The bounds are checked against the reference bounds before timing.
+* oval21_2022: peak resident memory of a fresh process that loads each network and runs
+  CROWN on the input box of one of its VNN-LIB properties (``ru_maxrss``), and the increase
+  over the same process just before the bound computation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+import perturbkit as pk  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "benchmarks"
+REFS = SHARED / "lirpa_refs" if (SHARED / "lirpa_refs").exists() else ROOT / "tests" / "data" / "lirpa"
+LIRPA_MS = {("probe_mlp", "ibp"): 1.9, ("probe_mlp", "crown"): 15.0,
+            ("probe_cnn", "ibp"): 3.6, ("probe_cnn", "crown"): 100.0}
+
+
+def time_bounds(name: str, method: str, runs: int) -> tuple[float, float]:
+    net = pk.load(REFS / f"{name}.onnx")
+    d = np.load(REFS / f"{name}.npz")
+    s = pk.sets.LpBall(torch.from_numpy(d["x"]), float(d["eps"]))
+    key = {"ibp": "IBP", "crown": "CROWN"}.get(method)
+    b = pk.bounds(net, s, method=method)
+    if key:
+        np.testing.assert_allclose(b.lower.numpy(), d[f"{key}_lower"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(b.upper.numpy(), d[f"{key}_upper"], rtol=1e-4, atol=1e-5)
+    for _ in range(3):
+        pk.bounds(net, s, method=method)
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        pk.bounds(net, s, method=method)
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1e3, min(ts) * 1e3
+
+
+_MEM_CHILD = r"""
+import json, re, resource, sys, time
+import numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+import perturbkit as pk
+torch.set_num_threads(1)
+net = pk.load(sys.argv[2])
+text = open(sys.argv[3]).read()
+n = net.n_inputs
+lo = np.full(n, np.inf); hi = np.full(n, -np.inf)
+for op, i, c in re.findall(r"\(\s*(<=|>=)\s+X_(\d+)\s+([-+0-9.eE]+)\s*\)", text):
+    i, c = int(i), float(c)
+    if op == ">=": lo[i] = min(lo[i], c)
+    else: hi[i] = max(hi[i], c)
+box = pk.sets.Box(torch.from_numpy(lo).float().reshape(1, *net.sample_shape),
+                  torch.from_numpy(hi).float().reshape(1, *net.sample_shape))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+b = pk.bounds(net, box, method="crown")
+dt = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"before_mb": before / 1024, "peak_mb": peak / 1024, "time_s": dt}))
+"""
+
+
+def crown_memory() -> list[dict]:
+    rows = []
+    folder = SHARED / "oval21_2022"
+    if not folder.exists():
+        return rows
+    first = {}
+    for line in (folder / "instances.csv").read_text().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 2:
+            first.setdefault(parts[0], parts[1])
+    for onnx_rel, vnn_rel in sorted(first.items()):
+        out = subprocess.run([sys.executable, "-c", _MEM_CHILD, str(ROOT / "src"), str(folder / onnx_rel),
+                              str(folder / vnn_rel)], capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        r["network"] = Path(onnx_rel).name
+        rows.append(r)
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--markdown", type=Path)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    lines = ["| net | method | perturbkit median (min) | auto_LiRPA (recorded) | speed-up |",
+             "| --- | --- | --- | --- | --- |"]
+    for name in ["probe_mlp", "probe_cnn"]:
+        for method in ["ibp", "crown", "crown-ibp"]:
+            med, best = time_bounds(name, method, args.runs)
+            ref = LIRPA_MS.get((name, method))
+            ratio = f"{ref / med:.1f}x" if ref else "-"
+            lines.append(f"| {name} | {method} | {med:.2f} ms ({best:.2f}) | {f'{ref} ms' if ref else '-'} | {ratio} |")
+    lines += ["", "| oval21 network | CROWN time | peak RSS | RSS before bounds | increase |",
+              "| --- | --- | --- | --- | --- |"]
+    for r in crown_memory():
+        lines.append(f"| {r['network']} | {r['time_s']:.2f} s | {r['peak_mb']:.0f} MB | {r['before_mb']:.0f} MB | "
+                     f"{r['peak_mb'] - r['before_mb']:.0f} MB |")
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,406 @@
+"""Conformance of every operator rule in ``perturbkit.ops.registry.RULES``.
+
+Checks (float64 unless stated; tolerances below):
+
+* every registered op has a case;
+* ``forward`` agrees with ONNX Runtime on a one-node model, with 0, 1 and 2 leading dims
+  (each leading slice is run through ONNX Runtime separately).  ``|ours - ort| <= TOL_F64 *
+  (1 + |ort|)``; ops whose ONNX Runtime kernels are float32-only (``ORT_FLOAT32_ONLY``) are
+  compared on float32-rounded inputs with ``TOL_F32``;
+* IBP soundness: random boxes at several scales, points inside (endpoints, random corners,
+  uniform samples) land in ``interval``, up to ``TOL_F64 * (1 + |f(x)|)``;
+* activations and MaxPool: ``lower(x) <= f(x) <= upper(x)`` for the same points, and for
+  activations on a grid of edge-case boxes (``lo == hi``, ``lo = 0``, huge and tiny widths)
+  in float64 and float32 (the float32 lines evaluated exactly against the float64 function);
+  hypothesis checks soundness on arbitrary boxes and inclusion-monotonicity of ``interval``;
+* affine rules: ``sum(A * f(x)) == sum_i sum(A_i * x_i) + sum(A * f(0))`` for random ``A``
+  with 1 and 2 leading dims (``f(0)`` is the constant part), and the interval of a point box
+  is the point.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from perturbkit.ops.base import ActivationRule, AffineRule, Interval, SelectionRule
+from perturbkit.ops.registry import RULES
+
+from .cases import CASES, ORT_FLOAT32_ONLY, Case, onnx_model
+
+F64 = torch.float64
+TOL_F64 = 1e-9
+TOL_F32 = 2e-5
+LEADS = [(), (2,), (2, 3)]
+BOX_SCALES = [0.0, 1e-3, 0.3, 3.0]
+
+#: activations whose lines carry a rounding margin: checked with no tolerance at all, in
+#: float32 and float64.  The others (Relu, LeakyRelu) get an ulp-sized tolerance.
+STRICT_FLOAT = {"Sigmoid", "Tanh", "Softplus", "Abs", "Clip"}
+
+ACTIVATION_CASES = [c for c in CASES if isinstance(c.rule, ActivationRule)]
+SELECTION_CASES = [c for c in CASES if isinstance(c.rule, SelectionRule)]
+AFFINE_CASES = [c for c in CASES if isinstance(c.rule, AffineRule)]
+
+
+def ids(cases):
+    return [c.id for c in cases]
+
+
+def gen_for(case: Case, salt: str = "") -> torch.Generator:
+    return torch.Generator().manual_seed(zlib.crc32((case.id + salt).encode()))
+
+
+def uniform(g, shape, lo, hi):
+    return lo + (hi - lo) * torch.rand(tuple(shape), generator=g, dtype=F64)
+
+
+# ---------------------------------------------------------------------------------------------
+def test_every_op_has_a_case():
+    covered = {c.op_type for c in CASES}
+    missing = sorted(set(RULES) - covered)
+    assert not missing, f"ops without a conformance case: {missing}"
+    unknown = sorted(covered - set(RULES))
+    assert not unknown, f"cases for unregistered ops: {unknown}"
+
+
+def test_every_rule_has_a_kind():
+    for op, rule in RULES.items():
+        assert isinstance(rule, (AffineRule, ActivationRule, SelectionRule)), op
+        assert rule.op_type == op
+
+
+# ---- ONNX Runtime ----------------------------------------------------------------------------
+_SESSIONS: dict[str, tuple[ort.InferenceSession, np.dtype]] = {}
+
+
+def session(case: Case):
+    if case.id not in _SESSIONS:
+        dtype = np.float32 if case.op_type in ORT_FLOAT32_ONLY else np.float64
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        s = ort.InferenceSession(onnx_model(case, dtype).SerializeToString(), opts,
+                                 providers=["CPUExecutionProvider"])
+        _SESSIONS[case.id] = (s, dtype)
+    return _SESSIONS[case.id]
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+@pytest.mark.parametrize("lead", LEADS, ids=["lead0", "lead1", "lead2"])
+def test_forward_matches_onnxruntime(case: Case, lead):
+    if case.op_type == "Constant" and lead:
+        pytest.skip("Constant has no inputs to carry leading dims")
+    sess, dtype = session(case)
+    node = case.node()
+    tdtype = torch.float32 if dtype == np.float32 else F64
+    g = gen_for(case, "fwd")
+    xs = {i: uniform(g, (*lead, *case.in_shapes[i]), -case.scale, case.scale).to(tdtype).to(F64)
+          for i in case.perturbed}
+    consts = {i: c.to(tdtype).to(F64) for i, c in case.consts.items()}
+    args = [xs[i] if i in xs else consts[i] for i in range(len(case.in_shapes))]
+    y = case.rule.forward(node, *args)
+    assert tuple(y.shape) == (*lead, *node.out_shape), (tuple(y.shape), lead, node.out_shape)
+    tol = TOL_F32 if dtype == np.float32 else TOL_F64
+    for idx in np.ndindex(*lead):
+        feed = {f"in{i}": xs[i][idx].numpy().astype(dtype) for i in case.perturbed}
+        (ref,) = sess.run(None, feed)
+        ours = y[idx].double().numpy()
+        assert ours.shape == ref.shape
+        err = np.abs(ours - ref) / (1 + np.abs(ref))
+        assert err.max(initial=0.0) <= tol, f"{case.id} slice {idx}: max rel err {err.max()}"
+
+
+# ---- boxes and points ---------------------------------------------------------------------
+def boxes(case: Case, n: int = 3):
+    """Yield ``(lo, hi)`` per perturbed input, shape ``(n, *shape)``, at each of BOX_SCALES."""
+    g = gen_for(case, "box")
+    for s in BOX_SCALES:
+        los, his = {}, {}
+        for i in case.perturbed:
+            shape = (n, *case.in_shapes[i])
+            c = uniform(g, shape, -case.scale, case.scale)
+            r = uniform(g, shape, 0.0, s)
+            los[i], his[i] = c - r, c + r
+        yield los, his
+
+
+def points(g, lo, hi, n_random=12):
+    """``(2 + 2 * n_random, *lo.shape)`` points: lo, hi, random corners, uniform samples."""
+    corners = torch.where(torch.rand(n_random, *lo.shape, generator=g) < 0.5, lo, hi)
+    inside = lo + (hi - lo) * torch.rand(n_random, *lo.shape, generator=g, dtype=F64)
+    return torch.cat([lo[None], hi[None], corners, inside])
+
+
+def sample_all(case: Case, g, los, his):
+    return {i: points(g, los[i], his[i]) for i in case.perturbed}
+
+
+def close_le(a, b, scale, tol=TOL_F64):
+    """``a <= b`` up to ``tol * (1 + |scale|)``; returns the worst violation (0 if none)."""
+    v = (a - b) - tol * (1 + scale.abs())
+    return float(v.max()) if v.numel() else 0.0
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+def test_ibp_sound(case: Case):
+    node = case.node()
+    g = gen_for(case, "ibp")
+    for los, his in boxes(case):
+        box = case.rule.interval(node, *case.args({i: Interval(los[i], his[i]) for i in case.perturbed}))
+        assert box.lo.shape == box.hi.shape
+        pts = sample_all(case, g, los, his)
+        y = case.rule.forward(node, *case.args(pts))
+        assert close_le(box.lo, y, y) <= 0, f"{case.id}: sample below the interval"
+        assert close_le(y, box.hi, y) <= 0, f"{case.id}: sample above the interval"
+
+
+# ---- relaxations --------------------------------------------------------------------------
+def check_activation_lines(case: Case, node, lo, hi, x, strict: bool, dtype=F64):
+    """Relaxation for ``[lo, hi]`` (computed in ``dtype``) checked at points ``x`` (float64)."""
+    R = case.rule.relax(node, lo.to(dtype), hi.to(dtype))
+    y = case.rule.forward(node, x)
+    low = R.lower.slope.double() * x + R.lower.intercept.double()
+    up = R.upper.slope.double() * x + R.upper.intercept.double()
+    for t in (R.lower.slope, R.lower.intercept, R.upper.slope, R.upper.intercept):
+        assert t.dtype == dtype and t.shape == lo.shape
+    if strict:
+        bad_l = (low > y) & ~(torch.isinf(low) & torch.isinf(y))
+        bad_u = (y > up) & ~(torch.isinf(up) & torch.isinf(y))
+        assert not bad_l.any(), f"{case.id}: lower line above f at lo={lo[bad_l.any(0)][:3]}"
+        assert not bad_u.any(), f"{case.id}: upper line below f at lo={lo[bad_u.any(0)][:3]} hi={hi[bad_u.any(0)][:3]}"
+    else:
+        eps = torch.finfo(dtype).eps
+        scale = (R.lower.slope.double() * x).abs() + R.lower.intercept.double().abs() + y.abs()
+        assert close_le(low, y, scale, tol=TOL_F64 + 8 * eps) <= 0, f"{case.id}: lower line above f"
+        scale = (R.upper.slope.double() * x).abs() + R.upper.intercept.double().abs() + y.abs()
+        assert close_le(y, up, scale, tol=TOL_F64 + 8 * eps) <= 0, f"{case.id}: upper line below f"
+    unstable = case.rule.unstable(node, lo.to(dtype), hi.to(dtype))
+    assert unstable.dtype == torch.bool and unstable.shape == lo.shape
+
+
+@pytest.mark.parametrize("case", ACTIVATION_CASES, ids=ids(ACTIVATION_CASES))
+def test_activation_relaxation_sound(case: Case):
+    node = case.node()
+    g = gen_for(case, "relax")
+    for los, his in boxes(case):
+        x = points(g, los[0], his[0])
+        check_activation_lines(case, node, los[0], his[0], x, case.op_type in STRICT_FLOAT)
+
+
+SPECIAL = [-1e30, -1e15, -1e6, -300.0, -40.0, -17.0, -5.0, -1.0, -0.3, -1e-3, -1e-9, -1e-30, 0.0,
+           1e-30, 1e-9, 1e-3, 0.3, 1.0, 5.0, 17.0, 40.0, 300.0, 1e6, 1e15, 1e30]
+
+
+def edge_boxes(case: Case):
+    vals = list(SPECIAL)
+    for key in ("min", "max"):
+        v = case.attrs.get(key)
+        if v is not None:
+            vals += [v, math.nextafter(v, -math.inf), math.nextafter(v, math.inf), v - 1e-7, v + 1e-7]
+    vals = sorted(set(vals))
+    pairs = [(a, b) for a in vals for b in vals if a <= b]
+    lo = torch.tensor([p[0] for p in pairs], dtype=F64)
+    hi = torch.tensor([p[1] for p in pairs], dtype=F64)
+    return lo, hi
+
+
+def edge_points(lo, hi, dtype):
+    """Points of ``[lo, hi]`` representable in ``dtype``: endpoints, near-endpoints, a grid."""
+    t = torch.linspace(0, 1, 33, dtype=F64).reshape(-1, 1)
+    x = (lo + t * (hi - lo)).to(dtype)
+    x = torch.minimum(torch.maximum(x, lo.to(dtype)), hi.to(dtype))
+    near = torch.stack([torch.nextafter(lo.to(dtype), hi.to(dtype)), torch.nextafter(hi.to(dtype), lo.to(dtype))])
+    return torch.cat([x, near]).to(F64)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", ACTIVATION_CASES, ids=ids(ACTIVATION_CASES))
+def test_activation_relaxation_edge_cases(case: Case, dtype):
+    node = case.node()
+    lo, hi = edge_boxes(case)
+    lo, hi = lo.to(dtype), hi.to(dtype)
+    keep = lo <= hi  # float32 rounding may merge neighbours; never reorders
+    lo, hi = lo[keep], hi[keep]
+    x = edge_points(lo.double(), hi.double(), dtype)
+    check_activation_lines(case, node, lo.double(), hi.double(), x, case.op_type in STRICT_FLOAT, dtype)
+    # the interval of the box contains f on it, too
+    box = case.rule.interval(node, Interval(lo, hi))
+    y = case.rule.forward(node, x)
+    assert close_le(box.lo.double(), y, y, tol=TOL_F64 + 8 * torch.finfo(dtype).eps) <= 0
+    assert close_le(y, box.hi.double(), y, tol=TOL_F64 + 8 * torch.finfo(dtype).eps) <= 0
+
+
+STRICT_CASES = [c for c in ACTIVATION_CASES if c.op_type in STRICT_FLOAT]
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", STRICT_CASES, ids=ids(STRICT_CASES))
+def test_activation_relaxation_infinite_bounds(case: Case, dtype):
+    """Unbounded or overflowing boxes: no NaN, and the lines stay sound at finite points."""
+    big = float(torch.finfo(dtype).max)
+    vals = [-math.inf, -big, -big ** 0.5 * 2, -big ** 0.5 / 2, -1e6, -1.0, 0.0, 1.0, 1e6, big ** 0.5 / 2,
+            big ** 0.5 * 2, big, math.inf]
+    pairs = [(a, b) for a in vals for b in vals if a <= b and not (a == b and math.isinf(a))]
+    lo = torch.tensor([p[0] for p in pairs], dtype=dtype)
+    hi = torch.tensor([p[1] for p in pairs], dtype=dtype)
+    node = case.node()
+    R = case.rule.relax(node, lo, hi)
+    for t in (R.lower.slope, R.lower.intercept, R.upper.slope, R.upper.intercept):
+        assert not torch.isnan(t).any(), f"{case.id}: NaN in a line"
+    t = torch.linspace(0, 1, 17, dtype=F64).reshape(-1, 1)
+    L, H = lo.double(), hi.double()
+    x = L.clamp(-1e300, 1e300) * (1 - t) + H.clamp(-1e300, 1e300) * t
+    x = torch.where((x >= L) & (x <= H), x, torch.where(torch.isfinite(L), L, H))
+    y = case.rule.forward(node, x)
+    low = R.lower.slope.double() * x + R.lower.intercept.double()
+    up = R.upper.slope.double() * x + R.upper.intercept.double()
+    assert not (low > y).any() and not (y > up).any(), case.id
+
+
+@pytest.mark.parametrize("case_id", ["sigmoid", "tanh", "softplus", "abs", "clip_both"])
+def test_smooth_relaxation_is_tight(case_id):
+    """Each line touches (up to its rounding margin) the function somewhere on the box."""
+    from .cases import CASE_BY_ID
+    case = CASE_BY_ID[case_id]
+    node = case.node()
+    lo = torch.tensor([-4.0, -1.0, 0.5, -3.0, -0.5, -20.0, 2.0], dtype=F64)
+    hi = torch.tensor([-1.0, 3.0, 4.0, 0.5, 6.0, 20.0, 2.0], dtype=F64)
+    R = case.rule.relax(node, lo, hi)
+    x = lo + torch.linspace(0, 1, 4001, dtype=F64).reshape(-1, 1) * (hi - lo)
+    y = case.rule.forward(node, x)
+    gap_u = (R.upper.slope * x + R.upper.intercept - y).amin(0)
+    gap_l = (y - R.lower.slope * x - R.lower.intercept).amin(0)
+    assert (gap_u >= 0).all() and (gap_u < 1e-6).all(), gap_u
+    assert (gap_l >= 0).all() and (gap_l < 1e-6).all(), gap_l
+
+
+_FLOATS = st.floats(min_value=-50.0, max_value=50.0, allow_nan=False) | st.sampled_from(SPECIAL)
+
+
+@pytest.mark.parametrize("case", ACTIVATION_CASES, ids=ids(ACTIVATION_CASES))
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(a=_FLOATS, b=_FLOATS, t=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=5))
+def test_activation_relaxation_hypothesis(case: Case, a, b, t):
+    """Soundness of the lines on arbitrary boxes, scalar inputs broadcast to the declared shape."""
+    node = case.node()
+    shape = case.in_shapes[0]
+    lo = torch.full(shape, min(a, b), dtype=F64)
+    hi = torch.full(shape, max(a, b), dtype=F64)
+    tt = torch.tensor([0.0, 1.0, *t], dtype=F64).reshape(-1, *([1] * len(shape)))
+    x = torch.minimum(torch.maximum(lo + tt * (hi - lo), lo), hi)
+    check_activation_lines(case, node, lo, hi, x, case.op_type in STRICT_FLOAT)
+
+
+@pytest.mark.parametrize("case", ACTIVATION_CASES + SELECTION_CASES, ids=ids(ACTIVATION_CASES + SELECTION_CASES))
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_interval_inclusion_monotone(case: Case, data):
+    """Interval law: ``[a, b] within [l, u]`` implies ``I([a, b]) within I([l, u])``."""
+    node = case.node()
+    shape = case.in_shapes[0]
+    seed = data.draw(st.integers(0, 2 ** 31 - 1))
+    width = data.draw(st.sampled_from([0.0, 1e-6, 0.5, 5.0, 100.0]))
+    g = torch.Generator().manual_seed(seed)
+    c = uniform(g, shape, -case.scale, case.scale)
+    r = uniform(g, shape, 0.0, width)
+    lo, hi = c - r, c + r
+    a = lo + (hi - lo) * torch.rand(shape, generator=g, dtype=F64)
+    b = a + (hi - a) * torch.rand(shape, generator=g, dtype=F64)
+    outer = case.rule.interval(node, Interval(lo, hi))
+    inner = case.rule.interval(node, Interval(a, b))
+    assert close_le(outer.lo, inner.lo, inner.lo) <= 0
+    assert close_le(inner.hi, outer.hi, inner.hi) <= 0
+    assert close_le(inner.lo, inner.hi, inner.hi) <= 0
+
+
+def check_selection_lines(case: Case, node, lo, hi, x):
+    R = case.rule.relax(node, lo, hi)
+    k = lo.dim() - len(case.in_shapes[0])
+    n_out = math.prod(node.out_shape)
+    for line in (R.lower, R.upper):
+        assert line.index is not None and line.index.dtype == torch.int64
+        assert line.slope.shape == line.intercept.shape == line.index.shape == (*lo.shape[:k], n_out)
+    y = case.rule.forward(node, x).reshape(*x.shape[:k + 1], n_out)
+    xf = x.reshape(*x.shape[:k + 1], -1)
+    for line, sign in ((R.lower, 1.0), (R.upper, -1.0)):
+        xi = xf.gather(-1, line.index.expand(x.shape[0], *line.index.shape))
+        v = line.slope * xi + line.intercept
+        assert close_le(sign * v, sign * y, y) <= 0, f"{case.id}: {'lower' if sign > 0 else 'upper'} line violated"
+    unstable = case.rule.unstable(node, lo, hi)
+    assert unstable.dtype == torch.bool and unstable.shape == lo.shape
+
+
+@pytest.mark.parametrize("case", SELECTION_CASES, ids=ids(SELECTION_CASES))
+def test_selection_relaxation_sound(case: Case):
+    node = case.node()
+    g = gen_for(case, "sel")
+    for los, his in boxes(case):
+        check_selection_lines(case, node, los[0], his[0], points(g, los[0], his[0]))
+    # edge cases: point boxes, one dominant element (exact), huge boxes, ties
+    shape = case.in_shapes[0]
+    lo = uniform(g, (2, *shape), -1.0, 1.0)
+    for hi in (lo.clone(), lo + 1e-12, lo + 1e6):
+        check_selection_lines(case, node, lo, hi, points(g, lo, hi))
+    check_selection_lines(case, node, lo[0], lo[0] + 0.5, points(g, lo[0], lo[0] + 0.5))  # no leading dims
+    lo2 = uniform(g, (2, 3, *shape), -1.0, 1.0)
+    check_selection_lines(case, node, lo2, lo2 + 0.5, points(g, lo2, lo2 + 0.5))  # two leading dims
+    zero = torch.zeros((2, *shape), dtype=F64)
+    check_selection_lines(case, node, zero, zero, points(g, zero, zero))
+    check_selection_lines(case, node, zero, zero + 1, points(g, zero, zero + 1))
+    # well separated inputs: every window's max is known, the relaxation must be exact
+    vals = torch.randperm(math.prod(shape), generator=g).to(F64).reshape(shape) * 10
+    R = case.rule.relax(node, vals - 1, vals + 1)
+    assert bool((R.upper.slope == 1).all()) and bool((R.upper.intercept == 0).all())
+    assert torch.equal(R.lower.index, R.upper.index)
+
+
+# ---- affine rules --------------------------------------------------------------------------
+@pytest.mark.parametrize("case", AFFINE_CASES, ids=ids(AFFINE_CASES))
+@pytest.mark.parametrize("lead", LEADS, ids=["lead0", "lead1", "lead2"])
+def test_affine_transpose_consistent(case: Case, lead):
+    node = case.node()
+    g = gen_for(case, f"T{lead}")
+    xs = {i: uniform(g, (*lead, *case.in_shapes[i]), -case.scale, case.scale) for i in case.perturbed}
+    zeros = {i: torch.zeros((*lead, *case.in_shapes[i]), dtype=F64) for i in case.perturbed}
+    y = case.rule.forward(node, *case.args(xs))
+    y0 = case.rule.forward(node, *case.args(zeros))
+    out_shape = node.out_shape
+    y = y.expand((*lead, *out_shape))
+    y0 = y0.expand((*lead, *out_shape))
+    A = torch.randn((*lead, *out_shape), generator=g, dtype=F64)
+    back = case.rule.backward(node, A, *[case.consts.get(i) for i in range(len(case.in_shapes))])
+    assert len(back) == len(case.in_shapes)
+    dims_out = tuple(range(len(lead), len(lead) + len(out_shape)))
+    lhs = (A * y).sum(dim=dims_out) if dims_out else A * y
+    rhs = (A * y0).sum(dim=dims_out) if dims_out else A * y0
+    scale = (A.abs() * (y.abs() + y0.abs())).sum(dim=dims_out) if dims_out else A.abs() * (y.abs() + y0.abs())
+    for i, Ai in enumerate(back):
+        if i not in case.perturbed:
+            assert Ai is None, f"{case.id}: coefficient returned for constant input {i}"
+            continue
+        assert tuple(Ai.shape) == (*lead, *case.in_shapes[i]), (tuple(Ai.shape), lead, case.in_shapes[i])
+        d_in = tuple(range(len(lead), len(lead) + len(case.in_shapes[i])))
+        term = Ai * xs[i]
+        rhs = rhs + (term.sum(dim=d_in) if d_in else term)
+        scale = scale + (term.abs().sum(dim=d_in) if d_in else term.abs())
+    assert ((lhs - rhs).abs() <= TOL_F64 * (1 + scale)).all(), f"{case.id}: {lhs} vs {rhs}"
+
+
+@pytest.mark.parametrize("case", AFFINE_CASES, ids=ids(AFFINE_CASES))
+def test_affine_point_interval_is_the_point(case: Case):
+    node = case.node()
+    g = gen_for(case, "pt")
+    xs = {i: uniform(g, (2, *case.in_shapes[i]), -case.scale, case.scale) for i in case.perturbed}
+    y = case.rule.forward(node, *case.args(xs))
+    box = case.rule.interval(node, *case.args({i: Interval(x, x) for i, x in xs.items()}))
+    assert torch.allclose(box.lo, y, rtol=TOL_F64, atol=TOL_F64)
+    assert torch.allclose(box.hi, y, rtol=TOL_F64, atol=TOL_F64)
