@@ -19,6 +19,7 @@ Checks (float64 unless stated; tolerances below):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 
@@ -404,3 +405,36 @@ def test_affine_point_interval_is_the_point(case: Case):
     box = case.rule.interval(node, *case.args({i: Interval(x, x) for i, x in xs.items()}))
     assert torch.allclose(box.lo, y, rtol=TOL_F64, atol=TOL_F64)
     assert torch.allclose(box.hi, y, rtol=TOL_F64, atol=TOL_F64)
+
+
+# ---- tiny hand-computed cases (documentation of the piecewise-linear choices) ----------------
+def test_clip_hand_cases():
+    from .cases import CASE_BY_ID
+    case = CASE_BY_ID["clip_both"]  # min -1, max 1
+    node = case.node()
+    lo = torch.tensor([-3.0, -0.5, -2.0, -3.0, 0.5], dtype=F64)
+    hi = torch.tensor([-2.0, 0.5, 0.5, 2.0, 3.0], dtype=F64)
+    R = case.rule.relax(node, lo, hi)
+    approx = dict(rtol=0, atol=1e-12)
+    # below the range: -1; inside: x; only -1 inside: chord (-2,-1)-(0.5,0.5) and x (u - a > a - l);
+    # both inside: line (-3,-1)-(1,1) above and (-1,-1)-(2,1) below; only 1 inside: y = 1 above, chord below
+    torch.testing.assert_close(R.upper.slope, torch.tensor([0, 1, 0.6, 0.5, 0], dtype=F64), **approx)
+    torch.testing.assert_close(R.upper.intercept, torch.tensor([-1, 0, 0.2, 0.5, 1], dtype=F64), **approx)
+    torch.testing.assert_close(R.lower.slope, torch.tensor([0, 1, 1, 2 / 3, 0.2], dtype=F64), **approx)
+    torch.testing.assert_close(R.lower.intercept, torch.tensor([-1, 0, 0, -1 / 3, 0.4], dtype=F64), **approx)
+    assert case.rule.unstable(node, lo, hi).tolist() == [False, False, True, True, True]
+
+
+def test_abs_hand_cases():
+    from .cases import CASE_BY_ID
+    case = CASE_BY_ID["abs"]
+    node = case.node()
+    lo = torch.tensor([-3.0, 1.0, -1.0, -3.0], dtype=F64)
+    hi = torch.tensor([-1.0, 2.0, 3.0, 1.0], dtype=F64)
+    node = dataclasses.replace(node, in_shapes=((4,),), out_shape=(4,))
+    R = case.rule.relax(node, lo, hi)
+    approx = dict(rtol=0, atol=1e-12)
+    torch.testing.assert_close(R.upper.slope, torch.tensor([-1, 1, 0.5, -0.5], dtype=F64), **approx)
+    torch.testing.assert_close(R.upper.intercept, torch.tensor([0, 0, 1.5, 1.5], dtype=F64), **approx)
+    torch.testing.assert_close(R.lower.slope, torch.tensor([-1, 1, 1, -1], dtype=F64), **approx)
+    assert case.rule.interval(node, Interval(lo, hi)).lo.tolist() == [1.0, 1.0, 0.0, 0.0]

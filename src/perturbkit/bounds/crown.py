@@ -50,7 +50,7 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> None:
     need = _needs_bounds(ctx)
     for node in ctx.graph.nodes:
         itv = interval_of(ctx, node)
-        if mode == "crown" and node.output in need:
+        if mode == "crown" and node.output in need and node.output not in ctx.linear_prefix:
             mask = _unstable_mask(ctx, need[node.output], itv)
             idx = mask.reshape(ctx.batch, -1).any(0).nonzero().squeeze(1)
             if idx.numel():

@@ -48,6 +48,7 @@ class Context:
     use_patches: bool = True
     local_mats: dict = field(default_factory=dict)
     exact_linear: set = field(default_factory=set)
+    linear_prefix: set = field(default_factory=set)
 
     @property
     def graph(self):
@@ -66,15 +67,16 @@ def make_context(net: Network, input_set: PerturbationSet) -> Context:
             ctx.consumer_count[i] = ctx.consumer_count.get(i, 0) + 1
     out = net.graph.output_name
     ctx.consumer_count[out] = ctx.consumer_count.get(out, 0) + 1
-    ctx.exact_linear = _exact_linear_values(net, flat.is_box)
+    ctx.exact_linear, ctx.linear_prefix = _exact_linear_values(net, flat.is_box)
     lo, hi = flat.box()
     shape = net.graph.input_shape
     ctx.intervals[net.graph.input_name] = Interval(lo.reshape(batch, *shape), hi.reshape(batch, *shape))
     return ctx
 
 
-def _exact_linear_values(net: Network, is_box: bool) -> set[str]:
-    """Values of the linear prefix whose interval needs the backward pass to be exact.
+def _exact_linear_values(net: Network, is_box: bool) -> tuple[set[str], set[str]]:
+    """Values of the linear prefix whose interval needs the backward pass to be exact, and
+    the whole linear prefix (whose intervals are then exact: no CROWN pass can tighten them).
 
     * ``kept``: the input up to coordinatewise affine maps (reshapes, BatchNorm, scaling,
       shifts): interval arithmetic is exact on them for any set.
@@ -99,7 +101,7 @@ def _exact_linear_values(net: Network, is_box: bool) -> set[str]:
             if is_box:
                 continue
         need.add(n.output)
-    return need
+    return need, linear
 
 
 def args_for(ctx: Context, node: Node, perturbed) -> list:

@@ -59,11 +59,6 @@ def needs_constant(node: Node, xs, index: int, what: str) -> torch.Tensor:
     return x
 
 
-def shift_axis(axis: int, declared: Shape, x: torch.Tensor, node: Node) -> int:
-    """Tensor dimension of declared-shape ``axis`` (ONNX, maybe negative) in ``x`` with leading dims."""
-    return n_lead(x, declared) + norm_axis(int(axis), len(declared), node)
-
-
 def int_list(v) -> list[int]:
     """Attribute value (list, tuple, tensor, scalar) as a list of python ints."""
     if isinstance(v, torch.Tensor):
