@@ -12,9 +12,13 @@ operator the patches are scattered into a dense tensor and the general backward 
 (:func:`perturbkit.bounds.engine.backward`) takes over, so the result is the same as the
 dense computation, only cheaper.
 
-Shapes: ``data`` is ``(B', S, C, ph, pw)`` with ``B'`` 1 (batch independent) or B;
-``oy``/``ox`` are ``(S,)`` int64 (may be negative: patches can overhang the map, and
-entries outside the map are kept at zero).
+Layout: specifications come in groups of ``R`` sharing one position (the lower and the
+upper bound of one neuron: ``R = 2``), so per-position tensors (relaxation lines, the
+input set's centre and radius) are gathered once per group and broadcast.
+
+Shapes: ``data`` is ``(B', G, R, C, ph, pw)`` with ``B'`` 1 (batch independent) or B and
+``G`` groups; ``oy``/``ox`` are ``(G,)`` int64 (may be negative: patches can overhang the
+map, and entries outside the map are kept at zero).
 """
 from __future__ import annotations
 
@@ -32,27 +36,33 @@ Tensor = torch.Tensor
 
 @dataclass
 class Patches:
-    data: Tensor  # (B', S, C, ph, pw)
-    oy: Tensor  # (S,)
-    ox: Tensor  # (S,)
+    data: Tensor  # (B', G, R, C, ph, pw)
+    oy: Tensor  # (G,)
+    ox: Tensor  # (G,)
     C: int
     H: int
     W: int
 
-    def grid(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Map coordinates of every patch entry: yy (S, ph, 1), xx (S, 1, pw), valid (S, ph, pw)."""
-        ph, pw = self.data.shape[-2:]
+    @property
+    def ph(self) -> int:
+        return self.data.shape[-2]
+
+    @property
+    def pw(self) -> int:
+        return self.data.shape[-1]
+
+    def valid(self) -> Tensor:
+        """(G, 1, 1, ph, pw) mask of patch entries inside the map."""
         dev = self.data.device
-        yy = self.oy.view(-1, 1, 1) + torch.arange(ph, device=dev).view(1, ph, 1)
-        xx = self.ox.view(-1, 1, 1) + torch.arange(pw, device=dev).view(1, 1, pw)
-        valid = ((yy >= 0) & (yy < self.H)) & ((xx >= 0) & (xx < self.W))
-        return yy, xx, valid
+        yy = self.oy.view(-1, 1, 1) + torch.arange(self.ph, device=dev).view(1, -1, 1)
+        xx = self.ox.view(-1, 1, 1) + torch.arange(self.pw, device=dev).view(1, 1, -1)
+        v = ((yy >= 0) & (yy < self.H)) & ((xx >= 0) & (xx < self.W))
+        return v.unsqueeze(1).unsqueeze(1)
 
     def gather(self, m: Tensor) -> Tensor:
-        """Values of the maps ``m`` (B, C', H, W) under every patch -> (B, S, C', ph, pw), 0 outside.
-
-        ``C'`` may be a multiple of ``C`` (several maps stacked along channels)."""
-        ph, pw = self.data.shape[-2:]
+        """Values of maps ``m`` (B, C', H, W) under every group's patch -> (B, G, 1, C', ph, pw),
+        0 outside the map; ``C'`` may be a multiple of ``C`` (maps stacked along channels)."""
+        ph, pw = self.ph, self.pw
         B, Cm = m.shape[:2]
         top = max(0, -int(self.oy.min()))
         left = max(0, -int(self.ox.min()))
@@ -62,22 +72,27 @@ class Patches:
         cols = F.unfold(mp, (ph, pw))  # (B, C'*ph*pw, L)
         Lw = mp.shape[-1] - pw + 1
         pos = (self.oy + top) * Lw + (self.ox + left)
-        rows = cols.transpose(1, 2).contiguous().index_select(1, pos)  # (B, S, C'*ph*pw)
-        return rows.reshape(B, -1, Cm, ph, pw)
+        rows = cols.transpose(1, 2).contiguous().index_select(1, pos)  # (B, G, C'*ph*pw)
+        return rows.reshape(B, -1, 1, Cm, ph, pw)
 
     def dense(self) -> Tensor:
-        """Scatter into dense coefficients (B', S, C, H, W)."""
-        Bp, S, C, ph, pw = self.data.shape
-        yy, xx, valid = self.grid()
-        yy = yy.expand(S, ph, pw)
-        xx = xx.expand(S, ph, pw)
-        out = torch.zeros(Bp, S, self.H, self.W, C, dtype=self.data.dtype, device=self.data.device)
-        ss = torch.arange(S, device=self.data.device).view(S, 1, 1).expand(S, ph, pw)
-        v = valid
-        vals = self.data.permute(0, 1, 3, 4, 2)[:, v]  # (B', nvalid, C)
-        out.index_put_((torch.arange(Bp, device=out.device).view(Bp, 1), ss[v].unsqueeze(0), yy[v].unsqueeze(0),
-                        xx[v].unsqueeze(0)), vals, accumulate=True)
-        return out.permute(0, 1, 4, 2, 3)
+        """Scatter into dense coefficients (B', G*R, C, H, W)."""
+        Bp, G, R, C, ph, pw = self.data.shape
+        top = max(0, -int(self.oy.min()))
+        left = max(0, -int(self.ox.min()))
+        Hp = max(self.H + top, int(self.oy.max()) + top + ph)
+        Wp = max(self.W + left, int(self.ox.max()) + left + pw)
+        out = self.data.new_zeros(Bp, G, R, C, Hp, Wp)
+        dev = self.data.device
+        rows = (self.oy + top).view(G, 1) + torch.arange(ph, device=dev).view(1, ph)  # (G, ph)
+        cols = (self.ox + left).view(G, 1) + torch.arange(pw, device=dev).view(1, pw)  # (G, pw)
+        g = torch.arange(G, device=dev)
+        # out[:, g, :, :, rows[g], cols[g]] = data[:, g]  (patches of one group never overlap)
+        idx_g = g.view(G, 1, 1)
+        out_v = out.permute(1, 4, 5, 0, 2, 3)  # (G, Hp, Wp, B', R, C)
+        out_v[idx_g, rows.view(G, ph, 1), cols.view(G, 1, pw)] = self.data.permute(1, 4, 5, 0, 2, 3)
+        out = out[..., top:top + self.H, left:left + self.W]
+        return out.reshape(Bp, G * R, C, self.H, self.W)
 
 
 def _map_shape(shape) -> Optional[tuple[int, int, int]]:
@@ -88,7 +103,7 @@ def _map_shape(shape) -> Optional[tuple[int, int, int]]:
 
 
 def _dilate(W: Tensor, dil: list[int]) -> Tensor:
-    if dil == [1, 1]:
+    if list(dil) == [1, 1]:
         return W
     kh, kw = W.shape[-2:]
     out = W.new_zeros(*W.shape[:-2], (kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1)
@@ -96,22 +111,22 @@ def _dilate(W: Tensor, dil: list[int]) -> Tensor:
     return out
 
 
+def _is_conv2d(ctx: Context, node) -> bool:
+    if node.op_type != "Conv" or len(node.inputs) < 2 or node.inputs[1] not in ctx.consts:
+        return False
+    if node.inputs[0] in ctx.consts or _map_shape(node.in_shapes[0]) is None or _map_shape(node.out_shape) is None:
+        return False
+    return rule_for(node).local_geometry(node, ctx.consts[node.inputs[1]])["nd"] == 2
+
+
 def supports_start(ctx: Context, name: str) -> bool:
     """Whether intermediate bounds of value ``name`` can start in patch mode."""
-    node = ctx.graph.nodes[ctx.position[name]] if name in ctx.position else None
-    if node is None or node.op_type != "Conv" or len(node.inputs) < 2 or node.inputs[1] not in ctx.consts:
-        return False
-    rule = rule_for(node, ctx.graph.source)
-    geo = rule.local_geometry(node, ctx.consts[node.inputs[1]])
-    return (geo["nd"] == 2 and _map_shape(node.in_shapes[0]) is not None
-            and _map_shape(node.out_shape) is not None and node.inputs[0] not in ctx.consts)
+    return name in ctx.position and _is_conv2d(ctx, ctx.graph.nodes[ctx.position[name]])
 
 
-def lower_bounds(ctx: Context, name: str, idx: Tensor, sign: Tensor) -> Tensor:
-    """Lower bound of ``sign_k * v[idx_k]`` for a Conv output ``v`` -> (B, S).
-
-    ``idx``: (S,) flat indices into the per-sample value; ``sign``: (S,) +1/-1.
-    """
+def lower_upper(ctx: Context, name: str, idx: Tensor) -> tuple[Tensor, Tensor]:
+    """CROWN lower and upper bounds of the flat elements ``idx`` (K,) of a Conv output ``v``
+    -> two (B, K) tensors."""
     g = ctx.graph
     node = g.nodes[ctx.position[name]]
     rule = rule_for(node, g.source)
@@ -119,74 +134,85 @@ def lower_bounds(ctx: Context, name: str, idx: Tensor, sign: Tensor) -> Tensor:
     b = ctx.consts[node.inputs[2]] if len(node.inputs) > 2 else None
     geo = rule.local_geometry(node, Wt)
     Co, Ho, Wo = _map_shape(node.out_shape)
+    Cin, Hi, Wi = _map_shape(node.in_shapes[0])
     c = idx // (Ho * Wo)
     i = (idx // Wo) % Ho
     j = idx % Wo
     Wd = _dilate(Wt, geo["dilations"])
     groups = geo["groups"]
-    Cin = _map_shape(node.in_shapes[0])[0]
+    K = idx.numel()
     if groups == 1:
-        data = Wd[c]
-    else:  # channel c reads only its group's input channels
+        rows = Wd[c]
+    else:  # output channel c reads only its group's input channels
         cin_g = Cin // groups
-        data = Wd.new_zeros(idx.numel(), Cin, *Wd.shape[-2:])
+        rows = Wd.new_zeros(K, Cin, *Wd.shape[-2:])
         grp = c // (Co // groups)
-        rows = torch.arange(idx.numel(), device=idx.device)
+        ar = torch.arange(K, device=idx.device)
         for k in range(cin_g):
-            data[rows, grp * cin_g + k] = Wd[c, k]
-    data = data * sign.view(-1, 1, 1, 1).to(data.dtype)
-    bias = torch.zeros(1, idx.numel(), dtype=ctx.dtype, device=ctx.device)
+            rows[ar, grp * cin_g + k] = Wd[c, k]
+    data = torch.stack([rows, -rows], 1).unsqueeze(0)  # (1, K, 2, Cin, kh, kw): +v and -v
+    P = Patches(data, i * geo["strides"][0] - geo["pads_begin"][0], j * geo["strides"][1] - geo["pads_begin"][1],
+                Cin, Hi, Wi)
+    P.data.mul_(P.valid().to(P.data.dtype))
+    bias = torch.zeros(1, K, 2, dtype=ctx.dtype, device=ctx.device)
     if b is not None:
-        bias = bias + (b[c] * sign.to(b.dtype)).unsqueeze(0)
-    _, Hi, Wi = _map_shape(node.in_shapes[0])
-    P = Patches(data.unsqueeze(0), i * geo["strides"][0] - geo["pads_begin"][0],
-                j * geo["strides"][1] - geo["pads_begin"][1], Cin, Hi, Wi)
-    P.data = P.data * P.grid()[2].unsqueeze(1).to(P.data.dtype)
-    return _walk(ctx, node.inputs[0], P, bias)
+        bias = bias + torch.stack([b[c], -b[c]], 1).unsqueeze(0)
+    r = _walk(ctx, node.inputs[0], P, bias)  # (B, K, 2)
+    return r[:, :, 0], -r[:, :, 1]
 
 
 def _walk(ctx: Context, value: str, P: Patches, bias: Tensor) -> Tensor:
+    """Lower bounds (B, G, R) of the patch coefficients at ``value`` plus ``bias``."""
     g = ctx.graph
-    consumers = ctx.consumer_count
     B = ctx.batch
     while True:
         if value == g.input_name:
             return bias + _concretize(ctx, P)
         node = g.nodes[ctx.position[value]]
         rule = rule_for(node, g.source)
-        ok = consumers.get(value, 0) == 1
-        if ok and rule.kind == "activation" and _map_shape(node.in_shapes[0]) == (P.C, P.H, P.W):
+        single = ctx.consumer_count.get(value, 0) == 1
+        if single and rule.kind == "activation" and _map_shape(node.in_shapes[0]) == (P.C, P.H, P.W):
             rel = relaxation_of(ctx, node)
             shp = (B, P.C, P.H, P.W)
-            lines = [t.expand(B, 1, P.C, P.H, P.W).reshape(shp) for t in
-                     (rel.lower.slope, rel.upper.slope, rel.lower.intercept, rel.upper.intercept)]
-            sl, su, bl, bu = P.gather(torch.cat(lines, 1)).split(P.C, dim=2)
-            Ap, An = P.data.clamp(min=0), P.data.clamp(max=0)
-            bias = bias + (Ap * bl + An * bu).flatten(2).sum(-1)
-            P = Patches(Ap * sl + An * su, P.oy, P.ox, P.C, P.H, P.W)
+            parts = [rel.lower.slope, rel.upper.slope]
+            zl = not bool(rel.lower.intercept.any())
+            zu = not bool(rel.upper.intercept.any())
+            parts += ([] if zl else [rel.lower.intercept]) + ([] if zu else [rel.upper.intercept])
+            maps = torch.cat([t.expand(B, 1, P.C, P.H, P.W).reshape(shp) for t in parts], 1)
+            gathered = P.gather(maps).split(P.C, dim=3)  # each (B, G, 1, C, ph, pw)
+            Ap = P.data.clamp(min=0)
+            An = P.data - Ap
+            k = 2
+            if not zl:
+                bias = bias + (Ap * gathered[k]).flatten(3).sum(-1)
+                k += 1
+            if not zu:
+                bias = bias + (An * gathered[k]).flatten(3).sum(-1)
+            if Ap.shape[0] == B:  # in place: fewer large temporaries
+                new = Ap.mul_(gathered[0]).add_(An.mul_(gathered[1]))
+            else:
+                new = (Ap * gathered[0]).add_(An * gathered[1])
+            P = Patches(new, P.oy, P.ox, P.C, P.H, P.W)
             value = node.inputs[0]
             continue
-        if ok and node.op_type == "Conv" and len(node.inputs) >= 2 and node.inputs[1] in ctx.consts \
-                and _map_shape(node.in_shapes[0]) is not None and node.inputs[0] not in ctx.consts:
+        if single and _is_conv2d(ctx, node):
             Wt = ctx.consts[node.inputs[1]]
             geo = rule.local_geometry(node, Wt)
-            if geo["nd"] == 2:
-                Bp, S, Co, ph, pw = P.data.shape
-                x = _local_transpose(ctx, node.name, P.data.reshape(Bp * S, Co, ph, pw), Wt, geo)
-                if len(node.inputs) > 2:
-                    bias = bias + P.data.sum((-2, -1)) @ ctx.consts[node.inputs[2]]
-                Ci, Hi, Wi = _map_shape(node.in_shapes[0])
-                P = Patches(x.reshape(Bp, S, Ci, *x.shape[-2:]), P.oy * geo["strides"][0] - geo["pads_begin"][0],
-                            P.ox * geo["strides"][1] - geo["pads_begin"][1], Ci, Hi, Wi)
-                P.data = P.data * P.grid()[2].unsqueeze(1).to(P.data.dtype)
-                value = node.inputs[0]
-                continue
+            Bp, G, R, Co, ph, pw = P.data.shape
+            if len(node.inputs) > 2:
+                bias = bias + P.data.sum((-2, -1)) @ ctx.consts[node.inputs[2]]
+            x = _local_transpose(ctx, node.name, P.data.reshape(Bp * G * R, Co, ph, pw), Wt, geo)
+            Ci, Hi, Wi = _map_shape(node.in_shapes[0])
+            P = Patches(x.reshape(Bp, G, R, Ci, *x.shape[-2:]), P.oy * geo["strides"][0] - geo["pads_begin"][0],
+                        P.ox * geo["strides"][1] - geo["pads_begin"][1], Ci, Hi, Wi)
+            P.data.mul_(P.valid().to(P.data.dtype))
+            value = node.inputs[0]
+            continue
         # anything else: continue densely with the general backward pass
+        Bp, G, R = P.data.shape[:3]
         A = P.dense()
-        shape = g.shapes[value]
-        S = A.shape[1]
-        A = A.expand(B, *A.shape[1:]).reshape(B, S, *shape)
-        return backward(ctx, value, A, bias=bias.expand(B, S))
+        A = A.expand(B, *A.shape[1:]).reshape(B, G * R, *g.shapes[value])
+        return backward(ctx, value, A, bias=bias.expand(B, G, R).reshape(B, G * R)).reshape(B, G, R)
 
 
 _MAX_LOCAL_MATRIX = 2**24  # entries of a precomputed local transpose matrix
@@ -204,8 +230,8 @@ def _local_transpose(ctx: Context, key: str, P: Tensor, Wt: Tensor, geo: dict) -
     m = Co * ph * pw
     if m * Ci * ph2 * pw2 > _MAX_LOCAL_MATRIX or N < m:
         return F.conv_transpose2d(P, Wt, stride=geo["strides"], dilation=geo["dilations"], groups=geo["groups"])
-    cache = ctx.local_mats
-    mkey = (key, ph, pw)
+    mkey = (key, ph, pw, P.dtype, P.device)
+    cache = ctx.net.derived  # depends on the weights only: kept across calls
     M = cache.get(mkey)
     if M is None:
         eye = torch.eye(m, dtype=P.dtype, device=P.device).reshape(m, Co, ph, pw)
@@ -216,9 +242,13 @@ def _local_transpose(ctx: Context, key: str, P: Tensor, Wt: Tensor, geo: dict) -
 
 
 def _concretize(ctx: Context, P: Patches) -> Tensor:
+    """min over the input set of <A, x> for every patch -> (B, G, R).  Consumes ``P.data``."""
     B = ctx.batch
-    shp = (B, P.C, P.H, P.W)
-    data = P.data.expand(B, *P.data.shape[1:])
-    Bn, S = data.shape[:2]
-    return ctx.input_set.min_linear_local(data.reshape(B, S, -1),
-                                          lambda t: P.gather(t.reshape(shp)).reshape(B, S, -1))
+    Bp, G, R = P.data.shape[:3]
+    A = P.data.reshape(Bp, G, R, -1)
+
+    def gather(*ts: Tensor) -> list[Tensor]:  # one gather for several (B, n) tensors
+        maps = torch.cat([t.reshape(B, P.C, P.H, P.W) for t in ts], 1)
+        return [g.reshape(B, G, -1) for g in P.gather(maps).split(P.C, dim=3)]
+
+    return ctx.input_set.min_linear_local(A, gather, consume=True)

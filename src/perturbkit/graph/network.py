@@ -28,6 +28,8 @@ class Network:
     def __init__(self, graph: Graph):
         self.graph = graph
         self._const_cache: dict[tuple[torch.dtype, torch.device], dict[str, torch.Tensor]] = {}
+        #: tensors derived from the constants only (e.g. local transpose matrices), by key
+        self.derived: dict = {}
         for node in graph.nodes:  # fail early on operators without a rule
             rule_for(node, graph.source)
 

@@ -46,12 +46,15 @@ class Box(PerturbationSet):
         rad = ((self.upper - self.lower) / 2).unsqueeze(-1)
         return (A @ mid).squeeze(-1) - (A.abs() @ rad).squeeze(-1)
 
-    def min_linear_local(self, A: torch.Tensor, gather) -> torch.Tensor:
-        """Like :meth:`min_linear` for coefficients known only on local entries:
-        ``A`` (B, S, m) and ``gather`` maps a (B, n) tensor to its (B, S, m) entries."""
-        mid = gather((self.upper + self.lower) / 2)
-        rad = gather((self.upper - self.lower) / 2)
-        return (A * mid).sum(-1) - (A.abs() * rad).sum(-1)
+    def min_linear_local(self, A: torch.Tensor, gather, consume: bool = False) -> torch.Tensor:
+        """Like :meth:`min_linear` for coefficients known only on local entries (patches):
+        ``A`` is (B', G, R, m) and ``gather(t1, t2, ...)`` maps (B, n) tensors to their
+        (B, G, m) entries under group G's patch (shared by the R rows of the group).
+        Returns (B, G, R).  ``consume=True`` lets it overwrite ``A``."""
+        mid, rad = gather((self.upper + self.lower) / 2, (self.upper - self.lower) / 2)
+        lin = (A @ mid.unsqueeze(-1)).squeeze(-1)
+        absA = A.abs_() if consume else A.abs()
+        return lin - (absA @ rad.unsqueeze(-1)).squeeze(-1)
 
     def sample(self, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
         u = torch.rand((k, *self.lower.shape), generator=generator, dtype=self.lower.dtype).to(self.lower.device)

@@ -102,17 +102,18 @@ class LpBall(PerturbationSet):
             return ball
         return torch.maximum(ball, Box(*self.box()).min_linear(A))
 
-    def min_linear_local(self, A: torch.Tensor, gather) -> torch.Tensor:
+    def min_linear_local(self, A: torch.Tensor, gather, consume: bool = False) -> torch.Tensor:
         """:meth:`min_linear` for local coefficients (see ``Box.min_linear_local``)."""
         if self.norm == math.inf:
-            return Box(*self.box()).min_linear_local(A, gather)
+            return Box(*self.box()).min_linear_local(A, gather, consume=consume)
         q = _DUAL[self.norm]
-        Ae = A * gather(self.eps)
+        eps, center = gather(self.eps, self.center)
+        Ae = A * eps.unsqueeze(-2)
         dual = Ae.abs().amax(-1) if q == math.inf else torch.linalg.vector_norm(Ae, ord=q, dim=-1)
-        ball = (A * gather(self.center)).sum(-1) - dual
+        ball = (A @ center.unsqueeze(-1)).squeeze(-1) - dual
         if self.domain is None:
             return ball
-        return torch.maximum(ball, Box(*self.box()).min_linear_local(A, gather))
+        return torch.maximum(ball, Box(*self.box()).min_linear_local(A, gather, consume=consume))
 
     def sample(self, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Points of the set (on the sphere and inside); clipped to the domain."""
