@@ -11,6 +11,10 @@ SHARED = ROOT.parent / "shared" / "benchmarks"
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
+# One intra-op thread per test process: the suite runs on 2 cores with 2 xdist workers, and
+# oversubscribed torch threads spin against each other (minutes instead of seconds).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _pinned_threads():

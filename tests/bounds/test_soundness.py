@@ -41,7 +41,8 @@ def _check(net, module, s, C=None, k=300):
     g = torch.Generator().manual_seed(0)
     xs = _points(s, k, g)
     with torch.no_grad():
-        ys = torch.stack([module(x) for x in xs])  # (k, B, n)
+        k_, b_ = xs.shape[:2]
+        ys = module(xs.reshape(k_ * b_, *xs.shape[2:])).reshape(k_, b_, -1)  # (k, B, n)
     if C is not None:
         ys = torch.einsum("bsn,kbn->kbs", C, ys)
     for m in METHODS:
@@ -89,7 +90,7 @@ def test_box_sound():
     g = torch.Generator().manual_seed(0)
     xs = s.sample(200, generator=g)
     with torch.no_grad():
-        ys = torch.stack([module(x) for x in xs])
+        ys = module(xs.reshape(-1, *xs.shape[2:])).reshape(xs.shape[0], xs.shape[1], -1)
     for m in METHODS:
         b = pk.bounds(net, s, method=m)
         assert (ys >= b.lower - TOL).all() and (ys <= b.upper + TOL).all()

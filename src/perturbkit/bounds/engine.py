@@ -223,11 +223,17 @@ def _flat_sum(t: Tensor, b: int, s: int) -> Tensor:
 
 
 def _dot(A: Tensor, c: Tensor, b: int, s: int) -> Tensor:
-    """``sum(A * c)`` over the value's elements: A (B, S, *shape), c (*shape) or (B, *shape)."""
+    """``sum(A * c)`` over the value's elements as a matrix product (no big temporary).
+
+    A: (B, S, *shape); c: (*shape) or (1, *shape) (shared) or (B, *shape).  -> (B, S).
+    """
     Af = A.reshape(b, s, -1)
-    if c.dim() == A.dim() - 1 and c.shape[0] == b and c.dim() > 1 and c[0].numel() == Af.shape[-1]:
-        return (Af @ c.reshape(b, -1, 1)).squeeze(-1)
-    return Af @ c.reshape(-1).expand(Af.shape[-1]) if c.numel() == Af.shape[-1] else _flat_sum(A * c, b, s)
+    n = Af.shape[-1]
+    if c.numel() == n:
+        return Af @ c.reshape(n)
+    if c.numel() == b * n:
+        return (Af @ c.reshape(b, n, 1)).squeeze(-1)
+    return _flat_sum(A * c, b, s)
 
 
 def _relaxation_parts(ctx: Context, node: Node) -> tuple[Relaxation, bool, bool]:
