@@ -7,6 +7,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from perturbkit.bounds.alpha_crown import alpha_crown
 from perturbkit.bounds.crown import crown
 from perturbkit.bounds.engine import Context, make_context
 from perturbkit.bounds.ibp import ibp, interval_spec
@@ -56,6 +57,7 @@ METHODS: dict[str, Callable[[Context, Optional[torch.Tensor]], tuple[torch.Tenso
     "ibp": _ibp,
     "crown": lambda ctx, C: crown(ctx, C, intermediate="crown"),
     "crown-ibp": lambda ctx, C: crown(ctx, C, intermediate="ibp"),
+    "alpha-crown": lambda ctx, C: alpha_crown(ctx, C)[:2],
 }
 
 
@@ -66,7 +68,9 @@ def bounds(network: Network, input_set: PerturbationSet, method: str = "crown", 
     Args:
         network: a :class:`Network` (see :func:`load`).
         input_set: :class:`perturbkit.sets.Box` or :class:`perturbkit.sets.LpBall`, batched.
-        method: ``"ibp"``, ``"crown"`` or ``"crown-ibp"``.
+        method: ``"ibp"``, ``"crown"``, ``"crown-ibp"`` or ``"alpha-crown"`` (default
+            :class:`perturbkit.bounds.alpha_crown.AlphaConfig`; use ``alpha_crown`` directly
+            for other settings or warm starts).
         C: optional specification ``(B, S, n_outputs)`` (or ``(S, n_outputs)`` for all samples).
         device, dtype: where and in what precision to compute (default: those of the set).
     Returns:

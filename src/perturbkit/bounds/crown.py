@@ -44,10 +44,14 @@ def _unstable_mask(ctx: Context, consumers: list, itv: Interval) -> torch.Tensor
     return mask
 
 
-def intermediate_bounds(ctx: Context, *, mode: str) -> None:
+def intermediate_bounds(ctx: Context, *, mode: str) -> dict[str, torch.Tensor]:
     """Fill ``ctx.intervals`` for every node; ``mode`` 'crown' tightens the inputs of
-    nonlinearities by CROWN, 'ibp' keeps interval bounds (CROWN-IBP)."""
+    nonlinearities by CROWN, 'ibp' keeps interval bounds (CROWN-IBP).
+
+    Returns the values tightened by CROWN -> the flat element indices (K,) tightened.
+    """
     need = _needs_bounds(ctx)
+    tightened: dict[str, torch.Tensor] = {}
     for node in ctx.graph.nodes:
         itv = interval_of(ctx, node)
         if mode == "crown" and node.output in need and node.output not in ctx.linear_prefix:
@@ -55,18 +59,26 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> None:
             idx = mask.reshape(ctx.batch, -1).any(0).nonzero().squeeze(1)
             if idx.numel():
                 itv = tighten(ctx, node.output, itv, idx)
+                tightened[node.output] = idx
         ctx.intervals[node.output] = itv
+    return tightened
 
 
-def crown(ctx: Context, C: torch.Tensor | None, *, intermediate: str = "crown") -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower and upper bounds of ``C @ f(x)`` (C: (B, S, n_out) or None for identity) -> (B, S) each."""
-    intermediate_bounds(ctx, mode=intermediate)
+def spec_rows(ctx: Context, C: torch.Tensor | None) -> torch.Tensor:
+    """``[C; -C]`` as coefficients on the output: (B, 2S, *output_shape)."""
     g = ctx.graph
     B = ctx.batch
     n_out = math.prod(g.output_shape)
     if C is None:
         C = torch.eye(n_out, dtype=ctx.dtype, device=ctx.device).unsqueeze(0).expand(B, n_out, n_out)
     S = C.shape[1]
-    A = torch.cat([C, -C], 1).reshape(B, 2 * S, *g.output_shape)
-    r = backward(ctx, g.output_name, A)
+    return torch.cat([C, -C], 1).reshape(B, 2 * S, *g.output_shape)
+
+
+def crown(ctx: Context, C: torch.Tensor | None, *, intermediate: str = "crown") -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds of ``C @ f(x)`` (C: (B, S, n_out) or None for identity) -> (B, S) each."""
+    intermediate_bounds(ctx, mode=intermediate)
+    A = spec_rows(ctx, C)
+    S = A.shape[1] // 2
+    r = backward(ctx, ctx.graph.output_name, A)
     return r[:, :S], -r[:, S:]

@@ -43,6 +43,7 @@ class Context:
     device: torch.device
     intervals: dict[str, Interval] = field(default_factory=dict)
     relaxations: dict[str, Relaxation] = field(default_factory=dict)
+    relax_flags: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # zero intercepts
     const_parts: dict[str, Optional[Tensor]] = field(default_factory=dict)
     position: dict[str, int] = field(default_factory=dict)
     consumer_count: dict[str, int] = field(default_factory=dict)
@@ -239,11 +240,10 @@ def _dot(A: Tensor, c: Tensor, b: int, s: int) -> Tensor:
 def _relaxation_parts(ctx: Context, node: Node) -> tuple[Relaxation, bool, bool]:
     """The relaxation and whether its lower / upper intercepts are all zero (cached)."""
     rel = relaxation_of(ctx, node)
-    key = node.name + "#zero"
-    z = ctx.const_parts.get(key)
+    z = ctx.relax_flags.get(node.name)
     if z is None:
         z = (not bool(rel.lower.intercept.any()), not bool(rel.upper.intercept.any()))
-        ctx.const_parts[key] = z  # type: ignore[assignment]
+        ctx.relax_flags[node.name] = z
     return rel, z[0], z[1]
 
 
@@ -254,13 +254,15 @@ def _line_tensor(t: Tensor, like: Tensor) -> Tensor:
     return t
 
 
-def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = None) -> Tensor:
+def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = None,
+             alphas: Optional[dict[str, Tensor]] = None) -> Tensor:
     """Lower bound of ``<A, v_start>`` over the input set, per batch element and spec.
 
     Args:
         start: name of the value the coefficients act on.
         A: ``(B, S, *declared_shape(start))``.
         bias: optional ``(B, S)`` constant already accumulated.
+        alphas: alpha-CROWN parameters of this pass: activation node name -> ``(B, S, *shape)``.
     Returns:
         ``(B, S)``.
     """
@@ -269,6 +271,7 @@ def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = No
     store: dict[str, Tensor] = {start: A}
     bias = torch.zeros(B, S, dtype=ctx.dtype, device=ctx.device) if bias is None else bias
     end = ctx.position.get(start, -1)
+    inplace = not torch.is_grad_enabled()  # autograd (alpha-CROWN) needs the originals
     for node in reversed(g.nodes[: end + 1]):
         A = store.pop(node.output, None)
         if A is None:
@@ -283,8 +286,15 @@ def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = No
                 if Ai is not None:
                     _add(store, name, Ai)
         elif rule.kind == "activation":
-            rel, zl, zu = _relaxation_parts(ctx, node)
             lo_like = ctx.intervals[node.inputs[0]].lo
+            if alphas is not None and node.name in alphas:
+                x = ctx.intervals[node.inputs[0]]
+                consts = [ctx.consts[i] for i in node.inputs[1:]]
+                rel = rule.relax_alpha(node, x.lo.unsqueeze(1), x.hi.unsqueeze(1), alphas[node.name], *consts)
+                zl = rel.lower.intercept.dim() == 0 and not bool(rel.lower.intercept)
+                zu = rel.upper.intercept.dim() == 0 and not bool(rel.upper.intercept)
+            else:
+                rel, zl, zu = _relaxation_parts(ctx, node)
             # few temporaries: large short-lived allocations cost page faults on CPU
             Ap = A.clamp(min=0)
             An = A - Ap
@@ -292,9 +302,11 @@ def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = No
                 bias = bias + _dot(Ap, rel.lower.intercept, B, S)
             if not zu:
                 bias = bias + _dot(An, rel.upper.intercept, B, S)
-            Ap.mul_(_line_tensor(rel.lower.slope, lo_like))
-            An.mul_(_line_tensor(rel.upper.slope, lo_like))
-            _add(store, node.inputs[0], Ap.add_(An))
+            sl, su = _line_tensor(rel.lower.slope, lo_like), _line_tensor(rel.upper.slope, lo_like)
+            if inplace:
+                _add(store, node.inputs[0], Ap.mul_(sl).add_(An.mul_(su)))
+            else:
+                _add(store, node.inputs[0], Ap * sl + An * su)
         elif rule.kind == "selection":
             rel = relaxation_of(ctx, node)
             in_shape = node.in_shapes[0]

@@ -21,7 +21,7 @@ import perturbkit
 from perturbkit.cli.io import load_input, resolve_model, write_json_atomic
 from perturbkit.errors import InputError
 
-METHODS = ("ibp", "crown", "crown-ibp")
+METHODS = ("ibp", "crown", "crown-ibp", "alpha-crown")
 NORMS = {"inf": float("inf"), "2": 2, "1": 1}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("cpu", "cuda")

@@ -21,7 +21,7 @@ from perturbkit.cli.bounds_cmd import METHODS, NORMS, BoundsConfig, command_line
 from perturbkit.errors import InputError
 from perturbkit.models import bundled_path, load_digits_test
 
-METHOD_TITLES = {"ibp": "IBP", "crown": "CROWN", "crown-ibp": "CROWN-IBP"}
+METHOD_TITLES = {"ibp": "IBP", "crown": "CROWN", "crown-ibp": "CROWN-IBP", "alpha-crown": "alpha-CROWN"}
 DOMAIN = (0.0, 1.0)
 DEMO_MODELS = ("digits-mlp", "digits-cnn")
 

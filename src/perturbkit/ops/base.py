@@ -126,6 +126,19 @@ class ActivationRule(OpRule):
         """Elements whose relaxation depends on the exact bounds (they get CROWN bounds)."""
         return torch.ones_like(lo, dtype=torch.bool)
 
+    # -- optional: a free parameter per element, optimised by alpha-CROWN -------------------
+    def alpha_range(self, node: Node) -> Optional[tuple[float, float]]:
+        """``(min, max)`` of the relaxation's free parameter, or None when it has none."""
+        return None
+
+    def alpha_init(self, node: Node, lo: Tensor, hi: Tensor, *consts) -> Tensor:
+        """The parameter value that gives :meth:`relax` (CROWN's choice)."""
+        raise NotImplementedError  # pragma: no cover - only called when alpha_range is set
+
+    def relax_alpha(self, node: Node, lo: Tensor, hi: Tensor, alpha: Tensor, *consts) -> Relaxation:
+        """Sound lines for every ``alpha`` in :meth:`alpha_range` (broadcast with lo/hi)."""
+        raise NotImplementedError  # pragma: no cover - only called when alpha_range is set
+
 
 class SelectionRule(OpRule):
     """Each output element is related to one chosen input element (MaxPool)."""

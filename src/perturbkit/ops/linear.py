@@ -18,32 +18,44 @@ def _t(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(-1, -2)
 
 
+def _matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x @ y``; with a matrix ``y`` the leading dims of ``x`` are folded into one matrix
+    product (torch would otherwise broadcast ``y`` into a batched product per row)."""
+    if y.dim() == 2 and x.dim() > 2:
+        return (x.reshape(-1, x.shape[-1]) @ y).reshape(*x.shape[:-1], y.shape[-1])
+    if x.dim() == 2 and y.dim() > 2:
+        return _t(_matmul(_t(y), _t(x)))
+    return x @ y
+
+
 class Gemm(AffineRule):
     op_type = "Gemm"
 
     def _weight(self, node: Node, xs) -> torch.Tensor:
         W = needs_constant(node, xs, 1, "B operand")
         W = _t(W) if node.attrs.get("transB", 0) else W
-        return W * float(node.attrs.get("alpha", 1.0))
+        alpha = float(node.attrs.get("alpha", 1.0))
+        return W if alpha == 1.0 else W * alpha
 
     def _bias(self, node: Node, xs):
         if len(xs) < 3 or xs[2] is None:
             return None
-        return xs[2] * float(node.attrs.get("beta", 1.0))
+        beta = float(node.attrs.get("beta", 1.0))
+        return xs[2] if beta == 1.0 else xs[2] * beta
 
     def _a(self, node: Node, x: torch.Tensor) -> torch.Tensor:
         return _t(x) if node.attrs.get("transA", 0) else x
 
     def forward(self, node: Node, *xs: torch.Tensor) -> torch.Tensor:
-        y = self._a(node, xs[0]) @ self._weight(node, xs)
+        y = _matmul(self._a(node, xs[0]), self._weight(node, xs))
         b = self._bias(node, xs)
         return y if b is None else y + b
 
     def interval(self, node: Node, x: Interval, *consts) -> Interval:
         xs = (None, *consts)
         W = self._weight(node, xs)
-        mid = self._a(node, x.mid) @ W
-        rad = self._a(node, x.rad) @ W.abs()
+        mid = _matmul(self._a(node, x.mid), W)
+        rad = _matmul(self._a(node, x.rad), W.abs())
         b = self._bias(node, xs)
         if b is not None:
             mid = mid + b
@@ -51,7 +63,7 @@ class Gemm(AffineRule):
 
     def backward(self, node: Node, A: torch.Tensor, *xs):
         W = self._weight(node, xs)
-        Ax = A @ _t(W)
+        Ax = _matmul(A, _t(W))
         if node.attrs.get("transA", 0):
             Ax = _t(Ax)
         return [Ax] + [None] * (len(xs) - 1)
@@ -89,7 +101,7 @@ class MatMul(AffineRule):
         va, vb, pa, pb, r = cls._promote(node)
         a = align(a.unsqueeze(-2) if va else a, pa, r)
         b = align(b.unsqueeze(-1) if vb else b, pb, r)
-        y = a @ b
+        y = _matmul(a, b)
         if vb:
             y = y.squeeze(-1)
         if va:
@@ -118,8 +130,8 @@ class MatMul(AffineRule):
         full_out = tuple(A.shape[k:])  # (*batch, M, N) of the promoted product
         if side == 0:
             W = align(b.unsqueeze(-1) if vb else b, pb, r)
-            Ax = unbroadcast(A @ _t(W), (*full_out[:-2], pa[-2], pa[-1]), pa)
+            Ax = unbroadcast(_matmul(A, _t(W)), (*full_out[:-2], pa[-2], pa[-1]), pa)
             return [Ax.squeeze(-2) if va else Ax, None]
         W = align(a.unsqueeze(-2) if va else a, pa, r)
-        Ax = unbroadcast(_t(W) @ A, (*full_out[:-2], pb[-2], pb[-1]), pb)
+        Ax = unbroadcast(_matmul(_t(W), A), (*full_out[:-2], pb[-2], pb[-1]), pb)
         return [None, Ax.squeeze(-1) if vb else Ax]

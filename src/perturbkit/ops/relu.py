@@ -47,6 +47,31 @@ class Relu(ActivationRule):
             return Relaxation(lower=Line(chord, u_int), upper=Line(l_slope, zero))
         return Relaxation(lower=Line(l_slope, zero), upper=Line(chord, u_int))
 
+    # alpha-CROWN (Xu et al. 2021): the slope of the line through the origin (the lower line,
+    # or the upper one when alpha > 1) is free in [min(a, 1), max(a, 1)] for unstable neurons.
+    def alpha_range(self, node: Node) -> tuple[float, float]:
+        a = self._alpha(node)
+        return (min(a, 1.0), max(a, 1.0))
+
+    def alpha_init(self, node: Node, lo: torch.Tensor, hi: torch.Tensor, *consts) -> torch.Tensor:
+        rel = self.relax(node, lo, hi)
+        return (rel.upper if self._alpha(node) > 1.0 else rel.lower).slope
+
+    def relax_alpha(self, node: Node, lo: torch.Tensor, hi: torch.Tensor, alpha: torch.Tensor,
+                    *consts) -> Relaxation:
+        """As :meth:`relax` with the origin line's slope ``alpha`` on unstable neurons.
+
+        Shapes: lo, hi broadcast with alpha (e.g. (B, 1, *shape) and (B, S, *shape)); the
+        returned lines have the broadcast shape.
+        """
+        rel = self.relax(node, lo, hi)
+        unstable = (lo < 0) & (hi > 0)
+        if self._alpha(node) > 1.0:
+            slope = torch.where(unstable, alpha, rel.upper.slope)
+            return Relaxation(lower=rel.lower, upper=Line(slope, slope.new_zeros(())))
+        slope = torch.where(unstable, alpha, rel.lower.slope)
+        return Relaxation(lower=Line(slope, slope.new_zeros(())), upper=rel.upper)
+
 
 class LeakyRelu(Relu):
     op_type = "LeakyRelu"

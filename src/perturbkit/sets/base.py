@@ -60,6 +60,10 @@ class PerturbationSet:
     def box(self) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def tile(self, k: int) -> "PerturbationSet":  # pragma: no cover - abstract
+        """A flattened set (B, n) repeated ``k`` times along the batch: (k*B, n)."""
+        raise NotImplementedError
+
     def min_linear(self, A: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -40,6 +40,10 @@ class Box(PerturbationSet):
     def box(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lower, self.upper
 
+    def tile(self, k: int) -> "Box":
+        """A flattened set (B, n) repeated ``k`` times along the batch: (k*B, n)."""
+        return Box(self.lower.repeat(k, 1), self.upper.repeat(k, 1))
+
     def min_linear(self, A: torch.Tensor) -> torch.Tensor:
         """min over the box of ``A @ x``: ``A mid - |A| rad``.  A: (B, S, n) -> (B, S)."""
         mid = ((self.upper + self.lower) / 2).unsqueeze(-1)

@@ -81,6 +81,11 @@ class LpBall(PerturbationSet):
             dom = (rows(self.domain[0], batch).expand(batch, n), rows(self.domain[1], batch).expand(batch, n))
         return LpBall(c, e, self.norm, dom)
 
+    def tile(self, k: int) -> "LpBall":
+        """A flattened set (B, n) repeated ``k`` times along the batch: (k*B, n)."""
+        dom = None if self.domain is None else (self.domain[0].repeat(k, 1), self.domain[1].repeat(k, 1))
+        return LpBall(self.center.repeat(k, 1), self.eps.repeat(k, 1), self.norm, dom)
+
     def box(self) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = self.center - self.eps, self.center + self.eps
         if self.domain is not None:

@@ -1,0 +1,195 @@
+"""alpha-CROWN (Xu et al. 2021, "Fast and complete: enabling complete neural network
+verification with rapid and massively parallel incomplete verifiers").
+
+CROWN's relaxation of an unstable ReLU may use any lower slope in [0, 1]; every choice
+gives a sound bound.  alpha-CROWN makes those slopes free parameters, one set per bound it
+computes (each output specification row, and each intermediate neuron whose bounds CROWN
+tightens), and maximises the bounds by projected gradient ascent (Adam).  Intermediate
+bounds are recomputed with their own slopes at every step, and each is intersected with
+its CROWN bound, so the result is never looser than CROWN.  The best bound seen for each
+row is kept.
+
+Guarantee: for every x in the input set, ``lower <= C f(x) <= upper`` (each iterate is a
+sound CROWN bound with valid slopes; the best of sound bounds is sound).
+
+Parameters live in values, not on nodes: :func:`alpha_crown` returns them (a dict
+start -> activation node -> tensor) so branch and bound can warm-start from them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from perturbkit.bounds.crown import intermediate_bounds, spec_rows
+from perturbkit.bounds.engine import Context, backward, make_context
+from perturbkit.ops.base import Interval
+from perturbkit.ops.registry import rule_for
+
+Tensor = torch.Tensor
+Alphas = dict[str, dict[str, Tensor]]
+
+
+@dataclass(frozen=True)
+class AlphaConfig:
+    """Optimisation settings (defaults follow the paper's practice: Adam, lr 0.5, decay 0.98).
+
+    Attributes:
+        iterations: gradient steps.
+        lr: Adam learning rate.
+        lr_decay: multiplicative learning-rate decay per step.
+        stop_above: stop early once every lower bound of the specification exceeds it
+            (e.g. 0 when proving ``C f(x) > 0``); None: run all iterations.
+        optimize_intermediate: also optimise the slopes used for intermediate bounds.
+    """
+
+    iterations: int = 20
+    lr: float = 0.5
+    lr_decay: float = 0.98
+    stop_above: Optional[float] = None
+    optimize_intermediate: bool = True
+
+
+class _Adam:
+    """Adam (Kingma & Ba 2015) on a list of tensors; written out to keep torch.optim (and
+    its import cost) out of the bound computation."""
+
+    def __init__(self, params: list[Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.t = 0
+
+    def step(self, grads) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            if g is None:
+                continue
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.addcdiv_(m / c1, (v / c2).sqrt_().add_(self.eps), value=-self.lr)
+
+
+def _ancestors(ctx: Context, name: str) -> set[str]:
+    prod = {n.output: n for n in ctx.graph.nodes}
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        v = todo.pop()
+        node = prod.get(v)
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        todo.extend(i for i in node.inputs if i not in ctx.consts)
+    return seen
+
+
+def _init_alphas(ctx: Context, start: str, rows: int, warm: Optional[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Parameters for one start: every optimisable activation upstream of ``start``."""
+    out: dict[str, Tensor] = {}
+    up = _ancestors(ctx, start)
+    for node in ctx.graph.nodes:
+        if node.name not in up or node.output == start:
+            continue
+        rule = rule_for(node, ctx.graph.source)
+        if rule.kind != "activation" or rule.alpha_range(node) is None:
+            continue
+        x = ctx.intervals[node.inputs[0]]
+        if warm is not None and node.name in warm and warm[node.name].shape[1] == rows:
+            a = warm[node.name].detach().clone()
+        else:
+            a0 = rule.alpha_init(node, x.lo, x.hi, *[ctx.consts[i] for i in node.inputs[1:]])
+            a = a0.unsqueeze(1).expand(x.lo.shape[0], rows, *x.lo.shape[1:]).clone()
+        out[node.name] = a.requires_grad_(True)
+    return out
+
+
+def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaConfig(),
+                warm_start: Optional[Alphas] = None) -> tuple[Tensor, Tensor, Alphas]:
+    """Optimised CROWN bounds of ``C f(x)``.
+
+    Lower and upper bounds are optimised separately (each with its own intermediate
+    slopes), as two halves of one doubled batch.
+
+    Returns ``(lower, upper, alphas)``: bounds (B, S) each (the best of every iterate, per
+    element), and the parameters of the iterate with the best total bound (start value name
+    -> activation node name -> (2B, rows, *shape); the first B batch entries serve the
+    lower bounds, the last B the upper ones) for warm starts.
+    """
+    B0 = ctx.batch
+    ctx = make_context(ctx.net, ctx.input_set.tile(2))
+    rows0 = spec_rows(ctx, None)[:, : ctx.net.n_outputs] if C is None else None
+    C0 = rows0.reshape(2 * B0, ctx.net.n_outputs, -1)[:B0] if C is None else C
+    C2 = torch.cat([C0, -C0], 0)  # (2B, S, n_out): lower rows, then negated (upper) rows
+    tightened = intermediate_bounds(ctx, mode="crown")
+    ref = dict(ctx.intervals)  # CROWN bounds: sound, and the floor of every later iterate
+    A_out = C2.reshape(2 * B0, C2.shape[1], *ctx.graph.output_shape)
+    B, rows_out = A_out.shape[:2]
+    g = ctx.graph
+    starts = list(tightened) if config.optimize_intermediate else []
+    units: dict[str, Tensor] = {}
+    for name in starts:
+        idx = tightened[name]
+        n = ref[name].lo[0].numel()
+        K = idx.numel()
+        E = torch.zeros(K, n, dtype=ctx.dtype, device=ctx.device)
+        E[torch.arange(K, device=ctx.device), idx] = 1.0
+        units[name] = torch.cat([E, -E], 0).unsqueeze(0).expand(B, 2 * K, n).reshape(B, 2 * K, *g.shapes[name])
+    node_of = {n.name: n for n in g.nodes}
+    with torch.no_grad():
+        best = backward(ctx, g.output_name, A_out)  # plain CROWN: the floor
+    with torch.enable_grad():
+        alphas: Alphas = {}
+        for name in starts:
+            alphas[name] = _init_alphas(ctx, name, units[name].shape[1], (warm_start or {}).get(name))
+        alphas[g.output_name] = _init_alphas(ctx, g.output_name, rows_out, (warm_start or {}).get(g.output_name))
+        params = [a for d in alphas.values() for a in d.values()]
+        ranges = {name: rule_for(node_of[name], g.source).alpha_range(node_of[name])
+                  for d in alphas.values() for name in d}
+        if not params:
+            return best[:B0], -best[B0:], {}
+        opt = _Adam(params, config.lr)
+        best_total = float("-inf")
+        best_alphas: Alphas = {}
+        use_patches = ctx.use_patches
+        ctx.use_patches = False
+        try:
+            for _ in range(config.iterations):
+                ctx.intervals = dict(ref)
+                ctx.relaxations, ctx.relax_flags = {}, {}
+                for name in starts:
+                    idx = tightened[name]
+                    K = idx.numel()
+                    r = backward(ctx, name, units[name], alphas=alphas[name])
+                    itv = ref[name]
+                    lo = itv.lo.reshape(B, -1).clone()
+                    hi = itv.hi.reshape(B, -1).clone()
+                    # not intersected with the CROWN bounds: that would cut the gradient
+                    # wherever CROWN is tighter (and measurably weakens the optimum)
+                    lo[:, idx] = r[:, :K]
+                    hi[:, idx] = -r[:, K:]
+                    ctx.intervals[name] = Interval(lo.reshape(itv.lo.shape), hi.reshape(itv.hi.shape))
+                r = backward(ctx, g.output_name, A_out, alphas=alphas[g.output_name])
+                with torch.no_grad():
+                    best = torch.maximum(best, r)
+                    total = float(r.sum())
+                    if total > best_total:  # parameters of the best iterate, for warm starts
+                        best_total = total
+                        best_alphas = {st: {n: a.detach().clone() for n, a in d.items()} for st, d in alphas.items()}
+                if config.stop_above is not None and bool((best[:B0] > config.stop_above).all()):
+                    break
+                grads = torch.autograd.grad(-r.sum(), params, allow_unused=True)
+                with torch.no_grad():
+                    opt.step(grads)
+                    opt.lr *= config.lr_decay
+                    for d in alphas.values():
+                        for name, a in d.items():
+                            a.clamp_(*ranges[name])
+        finally:
+            ctx.use_patches = use_patches
+            ctx.intervals = ref
+            ctx.relaxations, ctx.relax_flags = {}, {}
+    return best[:B0], -best[B0:], best_alphas
