@@ -50,6 +50,10 @@ class Context:
     use_patches: bool = True
     local_mats: dict = field(default_factory=dict)
     exact_linear: set = field(default_factory=set)
+    #: when set, :func:`backward` leaves the coefficients it concretised at the input in
+    #: ``input_coeffs`` (B, S, n): branch and bound reads them to choose where to split
+    keep_input_coeffs: bool = False
+    input_coeffs: Optional[Tensor] = None
     linear_prefix: set = field(default_factory=set)
 
     @property
@@ -322,6 +326,8 @@ def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = No
         else:  # pragma: no cover - registry only holds the kinds above
             raise TypeError(f"unknown rule kind {rule.kind!r} for {node.where(g.source)}")
     A_in = store.pop(g.input_name, None)
+    if ctx.keep_input_coeffs:
+        ctx.input_coeffs = None if A_in is None else A_in.reshape(B, S, -1)
     if A_in is None:
         return bias
     return bias + ctx.input_set.min_linear(A_in.reshape(B, S, -1))

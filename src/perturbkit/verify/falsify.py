@@ -1,0 +1,90 @@
+"""Falsification: look for a counterexample before (and while) trying to prove.
+
+Two cheap searches over an input box, for every clause ``C y <= d`` of its output
+specification (a clause holds when all its rows hold):
+
+* sampling: uniform points, the centre and random corners;
+* PGD on the clause's violation objective ``max_i (C_i f(x) - d_i)`` (it is <= 0 exactly
+  when the clause holds), signed-gradient steps projected on the box, random restarts,
+  and a small negative target so a found point keeps a margin.
+
+A point found here is only a *candidate*: :mod:`perturbkit.verify.check` executes the
+network on it (ONNX Runtime for ONNX models) before anything says "sat".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from perturbkit.graph.network import Network
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class FalsifyConfig:
+    samples: int = 256
+    restarts: int = 8
+    steps: int = 40
+    margin: float = 1e-5  # push the objective below -margin
+
+
+def violation(net: Network, x: Tensor, C: Tensor, d: Tensor, clause_of_row: Tensor, n_clauses: int) -> Tensor:
+    """Per point and clause, ``max_i (C_i f(x) - d_i)`` over the clause's rows: (N, n_clauses).
+
+    x: (N, n) flat inputs; C: (R, n_out); d: (R,); clause_of_row: (R,) int64.
+    """
+    y = net(x.reshape(x.shape[0], *net.sample_shape)).reshape(x.shape[0], -1)
+    g = y @ C.T - d  # (N, R)
+    out = torch.full((x.shape[0], n_clauses), float("-inf"), dtype=g.dtype, device=g.device)
+    return out.scatter_reduce(1, clause_of_row.expand(x.shape[0], -1), g, reduce="amax")
+
+
+def search(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, clause_of_row: Tensor, n_clauses: int,
+           config: FalsifyConfig, generator: torch.Generator) -> Optional[Tensor]:
+    """A candidate x (n,) in the box [lo, hi] where some clause holds (objective <= 0), or None."""
+    n = lo.numel()
+    dt = lo.dtype
+
+    def rand(k: int) -> Tensor:
+        return lo + torch.rand(k, n, generator=generator, dtype=dt).to(lo.device) * (hi - lo)
+
+    corners = torch.where(torch.rand(config.samples // 4, n, generator=generator, dtype=dt).to(lo.device) < 0.5, lo, hi)
+    pts = torch.cat([((lo + hi) / 2).unsqueeze(0), corners, rand(config.samples)])
+    with torch.no_grad():
+        v = violation(net, pts, C, d, clause_of_row, n_clauses)
+    hit = _first_hit(v, pts)
+    if hit is not None or config.restarts == 0:
+        return hit
+    # PGD from the best samples and random starts, one clause objective per start
+    k = config.restarts
+    best = v.min(1).values.argsort()[: k // 2]
+    starts = torch.cat([pts[best], rand(k - best.numel())])
+    target = v[best].argmin(1) if best.numel() else torch.zeros(0, dtype=torch.int64)
+    target = torch.cat([target, torch.randint(0, n_clauses, (k - best.numel(),), generator=generator)])
+    x = starts.clone()
+    width = (hi - lo)
+    for step in range(config.steps):
+        x.requires_grad_(True)
+        with torch.enable_grad():
+            v = violation(net, x, C, d, clause_of_row, n_clauses)
+            obj = v.gather(1, target.to(v.device).unsqueeze(1)).squeeze(1)
+            (grad,) = torch.autograd.grad(obj.sum(), x)
+        with torch.no_grad():
+            hit = _first_hit(v.detach(), x.detach())
+            if hit is not None:
+                return hit
+            size = 0.25 * (1 - step / config.steps) + 0.01
+            x = torch.maximum(torch.minimum(x.detach() - size * width * grad.sign(), hi), lo)
+    with torch.no_grad():
+        return _first_hit(violation(net, x, C, d, clause_of_row, n_clauses), x)
+
+
+def _first_hit(v: Tensor, pts: Tensor) -> Optional[Tensor]:
+    ok = (v <= 0).any(1)
+    if bool(ok.any()):
+        i = int(torch.nonzero(ok)[0])
+        return pts[i].detach().clone()
+    return None

@@ -1,0 +1,129 @@
+"""``verify(network, property, timeout=...) -> Result``: the verifier's entry point.
+
+Order of work, for each case of the property (an input box with its output clauses):
+
+1. falsification (sampling, then PGD on each clause's violation; :mod:`.falsify`), every
+   candidate executed through the network (ONNX Runtime for ONNX models) before "sat";
+2. one CROWN bound on the whole box: the case may already be proved;
+3. input-splitting branch and bound (:mod:`.bab`) when the network has few inputs
+   (``VerifyConfig.max_split_inputs``), which also checks candidate points as it goes.
+
+The property is ``sat`` as soon as one case has a confirmed counterexample, ``unsat`` when
+every case is proved, ``timeout`` at the deadline, and ``unknown`` when a case has too many
+inputs for input splitting and its one-shot bound does not prove it (ReLU splitting is the
+next strategy; its place is in :mod:`.bab`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from perturbkit.bounds.crown import crown
+from perturbkit.bounds.engine import make_context
+from perturbkit.errors import InputError
+from perturbkit.graph.network import Network
+from perturbkit.sets.box import Box
+from perturbkit.verify import check
+from perturbkit.verify.bab import BabConfig, input_split, rows_of
+from perturbkit.verify.falsify import FalsifyConfig, search
+from perturbkit.verify.result import Result
+from perturbkit.verify.spec import Case, Property, check_sizes
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Verifier settings; see the module docstring for the order of work."""
+
+    falsify: FalsifyConfig = field(default_factory=FalsifyConfig)
+    bab: BabConfig = field(default_factory=BabConfig)
+    max_split_inputs: int = 16
+    seed: int = 0
+
+
+def verify(network: Network, prop: Union[Property, str], *, timeout: float = 60.0,
+           config: VerifyConfig = VerifyConfig()) -> Result:
+    """Decide a VNN-LIB property on a network (see the module docstring).
+
+    Args:
+        network: a :class:`Network` (ONNX models are checked with ONNX Runtime).
+        prop: a parsed :class:`Property` or a path to a ``.vnnlib`` file.
+        timeout: wall-clock seconds, > 0.
+    Returns:
+        :class:`Result` (``verdict`` ``sat``/``unsat``/``unknown``/``timeout``).
+    """
+    t0 = time.monotonic()
+    if not (isinstance(timeout, (int, float)) and timeout > 0 and timeout == timeout):
+        raise InputError(f"timeout must be > 0 seconds, got {timeout}")
+    if isinstance(prop, str):
+        from perturbkit.verify.vnnlib import parse_vnnlib
+
+        prop = parse_vnnlib(prop)
+    check_sizes(prop, network.n_inputs, network.n_outputs)
+    deadline = t0 + timeout
+    gen = torch.Generator().manual_seed(config.seed)
+    stats: dict = {"boxes": 0, "batches": 0, "falsify_hits": 0}
+    cases = prop.groups()
+
+    def done(verdict: str, ce=None) -> Result:
+        return Result(verdict, ce, time.monotonic() - t0, stats)
+
+    # 1. falsification on every case first: cheap, and sat answers end everything
+    for case in cases:
+        if time.monotonic() > deadline:
+            return done("timeout")
+        ce = _falsify(network, case, config, gen)
+        if ce is not None:
+            stats["falsify_hits"] += 1
+            return done("sat", ce)
+    # 2./3. prove each case
+    verdicts = []
+    for case in cases:
+        if time.monotonic() > deadline:
+            return done("timeout")
+        if _one_shot(network, case, config):
+            verdicts.append("unsat")
+            continue
+        if network.n_inputs > config.max_split_inputs:
+            verdicts.append("unknown")
+            continue
+
+        def is_ce(x: torch.Tensor, case=case) -> bool:
+            return check.confirm(network, case, x.double().numpy()) is not None
+
+        out = input_split(network, case, deadline=deadline, config=config.bab, is_candidate=is_ce)
+        stats["boxes"] += out.boxes
+        stats["batches"] += out.batches
+        if out.verdict == "sat":
+            return done("sat", check.confirm(network, case, out.candidate))
+        if out.verdict == "timeout":
+            return done("timeout")
+        verdicts.append(out.verdict)
+    return done("unsat" if all(v == "unsat" for v in verdicts) else "unknown")
+
+
+def _falsify(net: Network, case: Case, config: VerifyConfig, gen: torch.Generator) -> Optional[tuple]:
+    C, d, owner, n_clauses = rows_of(case, torch.float64)
+    lo = torch.from_numpy(np.array(case.box.lower))
+    hi = torch.from_numpy(np.array(case.box.upper))
+    x = search(net, lo, hi, C, d, owner, n_clauses, config.falsify, gen)
+    if x is None:
+        return None
+    return check.confirm(net, case, x.numpy())
+
+
+def _one_shot(net: Network, case: Case, config: VerifyConfig) -> bool:
+    """One CROWN bound on the whole box proves every clause?"""
+    C, d, owner, n_clauses = rows_of(case, config.bab.dtype)
+    lo = torch.from_numpy(np.array(case.box.lower)).to(config.bab.dtype).reshape(1, *net.sample_shape)
+    hi = torch.from_numpy(np.array(case.box.upper)).to(config.bab.dtype).reshape(1, *net.sample_shape)
+    ctx = make_context(net, Box(lo, hi))
+    with torch.no_grad():
+        lb, _ = crown(ctx, C.unsqueeze(0))
+    margin = (lb - d)[0]
+    per_clause = torch.full((n_clauses,), float("-inf"), dtype=margin.dtype).scatter_reduce(
+        0, owner, margin, reduce="amax")
+    return bool((per_clause > 0).all())
