@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from perturbkit.bounds.engine import Context, backward, interval_of, tighten
+from perturbkit.bounds.engine import Context, backward, interval_of, tighten, with_prior
 from perturbkit.ops.base import Interval
 from perturbkit.ops.registry import rule_for
 
@@ -58,9 +58,9 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> dict[str, torch.Tensor]:
             mask = _unstable_mask(ctx, need[node.output], itv)
             idx = mask.reshape(ctx.batch, -1).any(0).nonzero().squeeze(1)
             if idx.numel():
-                itv = tighten(ctx, node.output, itv, idx)
+                itv = tighten(ctx, node.output, itv, idx, mask=mask)
                 tightened[node.output] = idx
-        ctx.intervals[node.output] = itv
+        ctx.intervals[node.output] = with_prior(ctx, node.output, itv)
     return tightened
 
 

@@ -54,6 +54,11 @@ class Context:
     #: ``input_coeffs`` (B, S, n): branch and bound reads them to choose where to split
     keep_input_coeffs: bool = False
     input_coeffs: Optional[Tensor] = None
+    #: bounds known beforehand (e.g. a parent box's, in branch and bound): value name ->
+    #: Interval (B, *shape) valid on this input set; intersected into a value's final
+    #: interval (after its own bounds are computed, so it never changes which elements
+    #: get CROWN bounds)
+    prior: dict[str, Interval] = field(default_factory=dict)
     linear_prefix: set = field(default_factory=set)
 
     @property
@@ -158,16 +163,32 @@ def interval_of(ctx: Context, node: Node) -> Interval:
 
 
 # memory budget for one backward pass of intermediate bounds (bytes of the widest A)
-_BUDGET_BYTES = 16777216
+# (patch mode keeps 16 MB: its tensors are far smaller than the estimate; dense passes use
+# 4 MB so that their few live temporaries stay well inside the allocator's warm heap)
+_BUDGET_BYTES = 16 * 2**20
+_DENSE_BUDGET_BYTES = 4 * 2**20
 #: intersect linear intermediate bounds with the interval ones (always sound and tighter;
 #: switched off only by the test that emulates auto_LiRPA, which does not intersect)
 INTERSECT_INTERMEDIATE = True
 
 
-def tighten(ctx: Context, name: str, itv: Interval, idx: Tensor) -> Interval:
+def with_prior(ctx: Context, name: str, itv: Interval) -> Interval:
+    """``itv`` intersected with the prior bounds of ``name``, if any."""
+    known = ctx.prior.get(name)
+    if known is None:
+        return itv
+    return Interval(torch.maximum(itv.lo, known.lo), torch.minimum(itv.hi, known.hi))
+
+
+def tighten(ctx: Context, name: str, itv: Interval, idx: Tensor, mask: Optional[Tensor] = None) -> Interval:
     """Intersect ``itv`` (B, *shape) with linear (CROWN) bounds of the flat elements ``idx``
     of value ``name``, computed in chunks that fit the memory budget; convolution outputs
-    use patch mode (:mod:`perturbkit.bounds.patches`)."""
+    use patch mode (:mod:`perturbkit.bounds.patches`).
+
+    ``mask`` (B, n), when given, says which elements each batch entry needs; when it is
+    much sparser than ``idx`` shared by the whole batch (many small boxes in branch and
+    bound), only the (entry, element) pairs it marks are computed (:func:`_tighten_pairs`).
+    """
     from perturbkit.bounds import patches
 
     B = ctx.batch
@@ -175,10 +196,15 @@ def tighten(ctx: Context, name: str, itv: Interval, idx: Tensor) -> Interval:
     n = itv.lo[0].numel()
     widest = max(math.prod(s) for s in ctx.graph.shapes.values())
     itemsize = torch.finfo(ctx.dtype).bits // 8
-    chunk = max(1, _BUDGET_BYTES // max(1, 2 * B * widest * itemsize))
+    if mask is not None and B > 1 and not (ctx.use_patches and patches.supports_start(ctx, name)):
+        pairs = mask.reshape(B, n).nonzero()
+        if pairs.shape[0] < 0.5 * B * idx.numel():
+            return _tighten_pairs(ctx, name, itv, pairs, widest, itemsize)
+    local = ctx.use_patches and patches.supports_start(ctx, name)
+    budget = _BUDGET_BYTES if local else _DENSE_BUDGET_BYTES
+    chunk = max(1, budget // max(1, 2 * B * widest * itemsize))
     lo = itv.lo.reshape(B, n).clone()
     hi = itv.hi.reshape(B, n).clone()
-    local = ctx.use_patches and patches.supports_start(ctx, name)
     for start in range(0, idx.numel(), chunk):
         part = idx[start:start + chunk]
         K = part.numel()
@@ -192,6 +218,33 @@ def tighten(ctx: Context, name: str, itv: Interval, idx: Tensor) -> Interval:
             r = backward(ctx, name, A)
         lo[:, part] = torch.maximum(lo[:, part], r[:, :K]) if INTERSECT_INTERMEDIATE else r[:, :K]
         hi[:, part] = torch.minimum(hi[:, part], -r[:, K:]) if INTERSECT_INTERMEDIATE else -r[:, K:]
+    return Interval(lo.reshape(B, *shape), hi.reshape(B, *shape))
+
+
+def _tighten_pairs(ctx: Context, name: str, itv: Interval, pairs: Tensor, widest: int, itemsize: int) -> Interval:
+    """CROWN bounds for (batch entry, element) pairs: each pair becomes its own batch entry
+    of a sub-context whose intervals and input set are those of its entry."""
+    B = ctx.batch
+    shape = itv.lo.shape[1:]
+    n = itv.lo[0].numel()
+    lo = itv.lo.reshape(B, n).clone()
+    hi = itv.hi.reshape(B, n).clone()
+    chunk = max(1, _DENSE_BUDGET_BYTES // max(1, 2 * widest * itemsize))
+    for start in range(0, pairs.shape[0], chunk):
+        b, j = pairs[start:start + chunk, 0], pairs[start:start + chunk, 1]
+        P = b.numel()
+        sub = Context(net=ctx.net, consts=ctx.consts, batch=P, input_set=ctx.input_set.index(b),
+                      dtype=ctx.dtype, device=ctx.device, position=ctx.position,
+                      consumer_count=ctx.consumer_count, use_patches=False)
+        sub.intervals = {v: Interval(x.lo[b], x.hi[b]) for v, x in ctx.intervals.items()}
+        sub.const_parts = ctx.const_parts
+        A = torch.zeros(P, 2, n, dtype=ctx.dtype, device=ctx.device)
+        rows = torch.arange(P, device=ctx.device)
+        A[rows, 0, j] = 1.0
+        A[rows, 1, j] = -1.0
+        r = backward(sub, name, A.reshape(P, 2, *shape))
+        lo[b, j] = torch.maximum(lo[b, j], r[:, 0]) if INTERSECT_INTERMEDIATE else r[:, 0]
+        hi[b, j] = torch.minimum(hi[b, j], -r[:, 1]) if INTERSECT_INTERMEDIATE else -r[:, 1]
     return Interval(lo.reshape(B, *shape), hi.reshape(B, *shape))
 
 

@@ -60,6 +60,10 @@ class PerturbationSet:
     def box(self) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def index(self, rows: torch.Tensor) -> "PerturbationSet":  # pragma: no cover - abstract
+        """The flattened set's batch entries ``rows`` (a gather along the batch)."""
+        raise NotImplementedError
+
     def tile(self, k: int) -> "PerturbationSet":  # pragma: no cover - abstract
         """A flattened set (B, n) repeated ``k`` times along the batch: (k*B, n)."""
         raise NotImplementedError

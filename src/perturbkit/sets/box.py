@@ -40,6 +40,10 @@ class Box(PerturbationSet):
     def box(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lower, self.upper
 
+    def index(self, rows: torch.Tensor) -> "Box":
+        """The flattened set's batch entries ``rows`` (a gather along the batch)."""
+        return Box(self.lower[rows], self.upper[rows])
+
     def tile(self, k: int) -> "Box":
         """A flattened set (B, n) repeated ``k`` times along the batch: (k*B, n)."""
         return Box(self.lower.repeat(k, 1), self.upper.repeat(k, 1))

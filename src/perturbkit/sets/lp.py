@@ -81,6 +81,11 @@ class LpBall(PerturbationSet):
             dom = (rows(self.domain[0], batch).expand(batch, n), rows(self.domain[1], batch).expand(batch, n))
         return LpBall(c, e, self.norm, dom)
 
+    def index(self, rows: torch.Tensor) -> "LpBall":
+        """The flattened set's batch entries ``rows`` (a gather along the batch)."""
+        dom = None if self.domain is None else (self.domain[0][rows], self.domain[1][rows])
+        return LpBall(self.center[rows], self.eps[rows], self.norm, dom)
+
     def tile(self, k: int) -> "LpBall":
         """A flattened set (B, n) repeated ``k`` times along the batch: (k*B, n)."""
         dom = None if self.domain is None else (self.domain[0].repeat(k, 1), self.domain[1].repeat(k, 1))

@@ -86,8 +86,8 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
     R = C.shape[0]
     lo0 = torch.from_numpy(np.array(case.box.lower)).to(dt)
     hi0 = torch.from_numpy(np.array(case.box.upper)).to(dt)
-    stack_lo = [lo0.unsqueeze(0)]
-    stack_hi = [hi0.unsqueeze(0)]
+    # the frontier: chunks of boxes, processed from the top
+    stack: list[tuple[Tensor, Tensor]] = [(lo0.unsqueeze(0), hi0.unsqueeze(0))]
     n_open = 1
     out = BabOutcome("unsat")
     sample_shape = net.sample_shape
@@ -98,7 +98,7 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
         if out.boxes > config.max_boxes:
             out.verdict = "unknown"
             return out
-        lo, hi = _pop(stack_lo, stack_hi, config.batch)
+        lo, hi = _pop(stack, config.batch)
         n_open -= lo.shape[0]
         N = lo.shape[0]
         ctx = make_context(net, Box(lo.reshape(N, *sample_shape), hi.reshape(N, *sample_shape)))
@@ -136,22 +136,22 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
         lo2, hi2 = lo.clone(), hi.clone()
         hi_left = hi.clone().scatter_(1, dim[:, None], mid)
         lo_right = lo2.scatter_(1, dim[:, None], mid)
-        stack_lo += [lo, lo_right]
-        stack_hi += [hi_left, hi2]
+        stack.append((lo, hi_left))
+        stack.append((lo_right, hi2))
         n_open += 2 * lo.shape[0]
         if progress:
             progress(out.boxes, n_open)
     return out
 
 
-def _pop(stack_lo: list[Tensor], stack_hi: list[Tensor], k: int) -> tuple[Tensor, Tensor]:
+def _pop(stack: list, k: int) -> tuple[Tensor, Tensor]:
+    """Up to k boxes from the top of the stack."""
     los, his, n = [], [], 0
-    while stack_lo and n < k:
-        lo, hi = stack_lo.pop(), stack_hi.pop()
+    while stack and n < k:
+        lo, hi = stack.pop()
         take = min(k - n, lo.shape[0])
         if take < lo.shape[0]:
-            stack_lo.append(lo[:-take])
-            stack_hi.append(hi[:-take])
+            stack.append((lo[:-take], hi[:-take]))
             lo, hi = lo[-take:], hi[-take:]
         los.append(lo)
         his.append(hi)
