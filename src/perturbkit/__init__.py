@@ -6,16 +6,23 @@ Public API (explicit re-exports only)::
     s = perturbkit.sets.LpBall(x, eps=0.01, norm="inf", domain=(0, 1))
     b = perturbkit.bounds(net, s, method="crown")  # b.lower, b.upper: (B, outputs)
     C = perturbkit.margin_spec(labels, 10)         # bound y_label - y_j instead
+    r = perturbkit.verify(net, "prop.vnnlib", timeout=60)  # r.verdict: sat/unsat/unknown/timeout
+
+``perturbkit.verify`` is the verifier function; its package is importable as usual
+(``from perturbkit.verify.vnnlib import parse_vnnlib``).
 """
 from perturbkit import sets
 from perturbkit.api import Bounds, bounds, load
 from perturbkit.bounds.spec import margin_spec
 from perturbkit.errors import InputError, ModelError, PerturbkitError, UnsupportedOperatorError
 from perturbkit.graph.network import Network
+from perturbkit.verify.result import Result
+from perturbkit.verify.runner import VerifyConfig
+from perturbkit.verify.runner import verify  # the function shadows the subpackage attribute (see above)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Bounds", "InputError", "ModelError", "Network", "PerturbkitError", "UnsupportedOperatorError",
+    "Bounds", "InputError", "Result", "VerifyConfig", "verify", "ModelError", "Network", "PerturbkitError", "UnsupportedOperatorError",
     "bounds", "load", "margin_spec", "sets", "__version__",
 ]

@@ -1,7 +1,11 @@
-"""Verification of VNN-LIB properties: the specification model and a pure VNN-LIB reader/writer."""
+"""Verification of VNN-LIB properties: the specification model, a pure VNN-LIB reader/writer,
+and the verifier (:func:`perturbkit.verify.runner.verify`, also ``perturbkit.verify(...)``)."""
 from perturbkit.verify.spec import Case, Clause, InputBox, OutputSpec, Property, check_sizes
 from perturbkit.verify.vnnlib import (VnnlibError, format_counterexample, format_vnnlib,
                                       parse_counterexample, parse_vnnlib)
 
-__all__ = ["Case", "Clause", "InputBox", "OutputSpec", "Property", "VnnlibError", "check_sizes",
+from perturbkit.verify.result import Result
+from perturbkit.verify.runner import VerifyConfig, verify
+
+__all__ = ["Case", "Result", "VerifyConfig", "verify", "Clause", "InputBox", "OutputSpec", "Property", "VnnlibError", "check_sizes",
            "format_counterexample", "format_vnnlib", "parse_counterexample", "parse_vnnlib"]
