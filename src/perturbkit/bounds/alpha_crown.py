@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from perturbkit.bounds.crown import intermediate_bounds, spec_rows
+from perturbkit.bounds.crown import intermediate_bounds
 from perturbkit.bounds.engine import Context, backward, make_context
 from perturbkit.ops.base import Interval
 from perturbkit.ops.registry import rule_for
@@ -42,6 +42,8 @@ class AlphaConfig:
         stop_above: stop early once every lower bound of the specification exceeds it
             (e.g. 0 when proving ``C f(x) > 0``); None: run all iterations.
         optimize_intermediate: also optimise the slopes used for intermediate bounds.
+        separate_upper: optimise the upper bounds with their own intermediate slopes (a
+            doubled batch; tighter, about twice the work) rather than sharing them.
     """
 
     iterations: int = 20
@@ -49,6 +51,7 @@ class AlphaConfig:
     lr_decay: float = 0.98
     stop_above: Optional[float] = None
     optimize_intermediate: bool = True
+    separate_upper: bool = False
 
 
 class _Adam:
@@ -111,8 +114,9 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
                 warm_start: Optional[Alphas] = None) -> tuple[Tensor, Tensor, Alphas]:
     """Optimised CROWN bounds of ``C f(x)``.
 
-    Lower and upper bounds are optimised separately (each with its own intermediate
-    slopes), as two halves of one doubled batch.
+    Lower and upper rows are optimised together (one loss); with
+    ``config.separate_upper`` each gets its own intermediate slopes (two halves of a doubled
+    batch).  On probe_mlp both reach auto_LiRPA's bounds (which optimises them separately).
 
     Returns ``(lower, upper, alphas)``: bounds (B, S) each (the best of every iterate, per
     element), and the parameters of the iterate with the best total bound (start value name
@@ -120,14 +124,19 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
     lower bounds, the last B the upper ones) for warm starts.
     """
     B0 = ctx.batch
-    ctx = make_context(ctx.net, ctx.input_set.tile(2))
-    rows0 = spec_rows(ctx, None)[:, : ctx.net.n_outputs] if C is None else None
-    C0 = rows0.reshape(2 * B0, ctx.net.n_outputs, -1)[:B0] if C is None else C
-    C2 = torch.cat([C0, -C0], 0)  # (2B, S, n_out): lower rows, then negated (upper) rows
+    n_out = ctx.net.n_outputs
+    if C is None:
+        C = torch.eye(n_out, dtype=ctx.dtype, device=ctx.device).unsqueeze(0).expand(B0, n_out, n_out)
+    if config.separate_upper:
+        ctx = make_context(ctx.net, ctx.input_set.tile(2))
+        A_out = torch.cat([C, -C], 0)  # (2B, S, n_out): lower rows, then negated (upper) rows
+    else:
+        A_out = torch.cat([C, -C], 1)  # (B, 2S, n_out)
+    A_out = A_out.reshape(A_out.shape[0], A_out.shape[1], *ctx.graph.output_shape)
     tightened = intermediate_bounds(ctx, mode="crown")
     ref = dict(ctx.intervals)  # CROWN bounds: sound, and the floor of every later iterate
-    A_out = C2.reshape(2 * B0, C2.shape[1], *ctx.graph.output_shape)
     B, rows_out = A_out.shape[:2]
+    S = C.shape[1]
     g = ctx.graph
     starts = list(tightened) if config.optimize_intermediate else []
     units: dict[str, Tensor] = {}
@@ -150,7 +159,8 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
         ranges = {name: rule_for(node_of[name], g.source).alpha_range(node_of[name])
                   for d in alphas.values() for name in d}
         if not params:
-            return best[:B0], -best[B0:], {}
+            lo, hi = _halves(best, B0, S, config)
+            return lo, hi, {}
         opt = _Adam(params, config.lr)
         best_total = float("-inf")
         best_alphas: Alphas = {}
@@ -179,7 +189,7 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
                     if total > best_total:  # parameters of the best iterate, for warm starts
                         best_total = total
                         best_alphas = {st: {n: a.detach().clone() for n, a in d.items()} for st, d in alphas.items()}
-                if config.stop_above is not None and bool((best[:B0] > config.stop_above).all()):
+                if config.stop_above is not None and bool((_halves(best, B0, S, config)[0] > config.stop_above).all()):
                     break
                 grads = torch.autograd.grad(-r.sum(), params, allow_unused=True)
                 with torch.no_grad():
@@ -192,4 +202,12 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
             ctx.use_patches = use_patches
             ctx.intervals = ref
             ctx.relaxations, ctx.relax_flags = {}, {}
-    return best[:B0], -best[B0:], best_alphas
+    lo, hi = _halves(best, B0, S, config)
+    return lo, hi, best_alphas
+
+
+def _halves(best: Tensor, B0: int, S: int, config: "AlphaConfig") -> tuple[Tensor, Tensor]:
+    """Lower and upper bounds from the optimised rows."""
+    if config.separate_upper:
+        return best[:B0], -best[B0:]
+    return best[:, :S], -best[:, S:]
