@@ -124,9 +124,32 @@ def supports_start(ctx: Context, name: str) -> bool:
     return name in ctx.position and _is_conv2d(ctx, ctx.graph.nodes[ctx.position[name]])
 
 
-def lower_upper(ctx: Context, name: str, idx: Tensor) -> tuple[Tensor, Tensor]:
+def supports_alpha(ctx: Context, name: str) -> bool:
+    """Whether the patch walk from ``name`` reaches the input without a dense hand-over
+    (alpha-CROWN's patch-form slopes need the whole walk in patch form)."""
+    if not supports_start(ctx, name):
+        return False
+    g = ctx.graph
+    value = g.nodes[ctx.position[name]].inputs[0]
+    while value != g.input_name:
+        if ctx.consumer_count.get(value, 0) != 1 or value not in ctx.position:
+            return False
+        node = g.nodes[ctx.position[value]]
+        kind = rule_for(node, g.source).kind
+        if not (kind == "activation" or _is_conv2d(ctx, node)):
+            return False
+        value = node.inputs[0]
+    return True
+
+
+def lower_upper(ctx: Context, name: str, idx: Tensor,
+                alphas: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Tensor]:
     """CROWN lower and upper bounds of the flat elements ``idx`` (K,) of a Conv output ``v``
-    -> two (B, K) tensors."""
+    -> two (B, K) tensors.
+
+    ``alphas`` (alpha-CROWN): activation node name -> free slopes in patch form
+    (B, K, 2, C, ph, pw); missing entries are created (CROWN's slopes, requiring grad).
+    """
     g = ctx.graph
     node = g.nodes[ctx.position[name]]
     rule = rule_for(node, g.source)
@@ -157,20 +180,41 @@ def lower_upper(ctx: Context, name: str, idx: Tensor) -> tuple[Tensor, Tensor]:
     bias = torch.zeros(1, K, 2, dtype=ctx.dtype, device=ctx.device)
     if b is not None:
         bias = bias + torch.stack([b[c], -b[c]], 1).unsqueeze(0)
-    r = _walk(ctx, node.inputs[0], P, bias)  # (B, K, 2)
+    r = _walk(ctx, node.inputs[0], P, bias, alphas)  # (B, K, 2)
     return r[:, :, 0], -r[:, :, 1]
 
 
-def _walk(ctx: Context, value: str, P: Patches, bias: Tensor) -> Tensor:
+def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
+          alphas: Optional[dict[str, Tensor]] = None) -> Tensor:
     """Lower bounds (B, G, R) of the patch coefficients at ``value`` plus ``bias``."""
     g = ctx.graph
     B = ctx.batch
+    inplace = not torch.is_grad_enabled()
     while True:
         if value == g.input_name:
             return bias + _concretize(ctx, P)
         node = g.nodes[ctx.position[value]]
         rule = rule_for(node, g.source)
         single = ctx.consumer_count.get(value, 0) == 1
+        if (alphas is not None and single and rule.kind == "activation" and rule.alpha_range(node) is not None
+                and _map_shape(node.in_shapes[0]) == (P.C, P.H, P.W)):
+            # alpha-CROWN: relax in patch space with per-specification slopes
+            x = ctx.intervals[node.inputs[0]]
+            shp = (B, P.C, P.H, P.W)
+            lo_g, hi_g = P.gather(torch.cat([x.lo.reshape(shp), x.hi.reshape(shp)], 1)).split(P.C, dim=3)
+            consts = [ctx.consts[i] for i in node.inputs[1:]]
+            if node.name not in alphas:
+                a0 = rule.alpha_init(node, lo_g, hi_g, *consts)
+                alphas[node.name] = a0.expand(B, *P.data.shape[1:]).clone().requires_grad_(True)
+            rel = rule.relax_alpha(node, lo_g, hi_g, alphas[node.name], *consts)
+            Ap = P.data.clamp(min=0)
+            An = P.data - Ap
+            for part, line in ((Ap, rel.lower), (An, rel.upper)):
+                if line.intercept.dim() > 0 or bool(line.intercept):
+                    bias = bias + (part * line.intercept).flatten(3).sum(-1)
+            P = Patches(Ap * rel.lower.slope + An * rel.upper.slope, P.oy, P.ox, P.C, P.H, P.W)
+            value = node.inputs[0]
+            continue
         if single and rule.kind == "activation" and _map_shape(node.in_shapes[0]) == (P.C, P.H, P.W):
             rel = relaxation_of(ctx, node)
             shp = (B, P.C, P.H, P.W)
@@ -188,7 +232,7 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor) -> Tensor:
                 k += 1
             if not zu:
                 bias = bias + (An * gathered[k]).flatten(3).sum(-1)
-            if Ap.shape[0] == B:  # in place: fewer large temporaries
+            if inplace and Ap.shape[0] == B:  # in place: fewer large temporaries
                 new = Ap.mul_(gathered[0]).add_(An.mul_(gathered[1]))
             else:
                 new = (Ap * gathered[0]).add_(An * gathered[1])
@@ -205,13 +249,16 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor) -> Tensor:
             Ci, Hi, Wi = _map_shape(node.in_shapes[0])
             P = Patches(x.reshape(Bp, G, R, Ci, *x.shape[-2:]), P.oy * geo["strides"][0] - geo["pads_begin"][0],
                         P.ox * geo["strides"][1] - geo["pads_begin"][1], Ci, Hi, Wi)
-            P.data.mul_(P.valid().to(P.data.dtype))
+            valid = P.valid().to(P.data.dtype)
+            P.data = P.data.mul_(valid) if inplace else P.data * valid
             value = node.inputs[0]
             continue
         # anything else: continue densely with the general backward pass
         Bp, G, R = P.data.shape[:3]
         A = P.dense()
         A = A.expand(B, *A.shape[1:]).reshape(B, G * R, *g.shapes[value])
+        if alphas is not None:
+            raise NotImplementedError("alpha-CROWN patches reaching a dense hand-over")  # guarded by supports_alpha
         return backward(ctx, value, A, bias=bias.expand(B, G, R).reshape(B, G * R)).reshape(B, G, R)
 
 
@@ -251,4 +298,4 @@ def _concretize(ctx: Context, P: Patches) -> Tensor:
         maps = torch.cat([t.reshape(B, P.C, P.H, P.W) for t in ts], 1)
         return [g.reshape(B, G, -1) for g in P.gather(maps).split(P.C, dim=3)]
 
-    return ctx.input_set.min_linear_local(A, gather, consume=True)
+    return ctx.input_set.min_linear_local(A, gather, consume=not torch.is_grad_enabled())
