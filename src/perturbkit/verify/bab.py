@@ -34,6 +34,7 @@ from perturbkit.bounds.crown import crown
 from perturbkit.bounds.engine import make_context
 from perturbkit.graph.network import Network
 from perturbkit.sets.box import Box
+from perturbkit.verify.falsify import pgd_in_boxes
 from perturbkit.verify.spec import Case
 
 Tensor = torch.Tensor
@@ -45,6 +46,9 @@ class BabConfig:
 
     Attributes:
         batch: sub-boxes per bound call.
+        pgd_boxes, pgd_every, pgd_steps: every ``pgd_every`` batches, PGD (``pgd_steps``
+            steps) in the ``pgd_boxes`` open sub-boxes whose centres are closest to
+            satisfying a clause.
         max_boxes: give up ("unknown") past this many bounded sub-boxes.
         dtype: precision of the bounds (float64: no rounding doubts on small networks).
     """
@@ -52,6 +56,9 @@ class BabConfig:
     batch: int = 2048
     max_boxes: int = 50_000_000
     dtype: torch.dtype = torch.float64
+    pgd_boxes: int = 32
+    pgd_every: int = 4
+    pgd_steps: int = 10
 
 
 @dataclass
@@ -133,6 +140,17 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
             if is_candidate is None or is_candidate(cand[i]):
                 out.verdict = "sat"
                 out.candidate = cand[i].numpy()
+                return out
+        # falsification again, inside the sub-boxes whose centres come closest to a clause
+        if config.pgd_boxes and out.batches % config.pgd_every == 0:
+            closest = g[: lo.shape[0]].reshape(lo.shape[0], -1)
+            score = torch.full((lo.shape[0], n_clauses), float("inf"), dtype=dt).scatter_reduce(
+                1, owner.expand(lo.shape[0], -1), closest, reduce="amax").min(1).values
+            top = score.argsort()[: config.pgd_boxes]
+            x = pgd_in_boxes(net, lo[top], hi[top], C, d, owner, n_clauses, steps=config.pgd_steps)
+            if x is not None and (is_candidate is None or is_candidate(x)):
+                out.verdict = "sat"
+                out.candidate = x.numpy()
                 return out
         # split
         dim = _split_dim(lo, hi, A, margin, per_clause, owner, width0)

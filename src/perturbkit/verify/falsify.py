@@ -88,3 +88,27 @@ def _first_hit(v: Tensor, pts: Tensor) -> Optional[Tensor]:
         i = int(torch.nonzero(ok)[0])
         return pts[i].detach().clone()
     return None
+
+
+def pgd_in_boxes(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, clause_of_row: Tensor,
+                 n_clauses: int, steps: int = 10) -> Optional[Tensor]:
+    """PGD from the centres of several boxes at once (lo, hi: (M, n)), each iterate projected
+    on its own box, minimising the most nearly satisfied clause's violation.  Returns a
+    candidate point (n,) where some clause holds, or None.  Used inside branch and bound on
+    the sub-boxes whose centres come closest to a counterexample."""
+    x = (lo + hi) / 2
+    width = hi - lo
+    for step in range(steps):
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            v = violation(net, x, C, d, clause_of_row, n_clauses)
+            obj = v.min(1).values
+            (grad,) = torch.autograd.grad(obj.sum(), x)
+        with torch.no_grad():
+            hit = _first_hit(v.detach(), x.detach())
+            if hit is not None:
+                return hit
+            size = 0.5 * (1 - step / steps) + 0.05
+            x = torch.maximum(torch.minimum(x - size * width * grad.sign(), hi), lo)
+    with torch.no_grad():
+        return _first_hit(violation(net, x, C, d, clause_of_row, n_clauses), x)
