@@ -41,9 +41,10 @@ def test_tighter_than_crown_somewhere():
     assert ((alpha.lower - crown.lower) > 1e-6).any()
 
 
-def test_as_tight_as_auto_lirpa_on_probe_mlp():
-    net = pk.load(DATA / "lirpa" / "probe_mlp.onnx")
-    d = np.load(DATA / "lirpa" / "probe_mlp.npz")
+@pytest.mark.parametrize("name", ["probe_mlp", "probe_cnn"])
+def test_as_tight_as_auto_lirpa(name):
+    net = pk.load(DATA / "lirpa" / f"{name}.onnx")
+    d = np.load(DATA / "lirpa" / f"{name}.npz")
     b = pk.bounds(net, pk.sets.LpBall(torch.from_numpy(d["x"]), float(d["eps"])), method="alpha-crown")
     tol = 1e-6 * np.maximum(1.0, np.abs(d["alpha_CROWN_lower"]))  # float32 rounding
     assert (b.lower.numpy() >= d["alpha_CROWN_lower"] - tol).all()
