@@ -4,9 +4,11 @@ Two cheap searches over an input box, for every clause ``C y <= d`` of its outpu
 specification (a clause holds when all its rows hold):
 
 * sampling: uniform points, the centre and random corners;
-* PGD on the clause's violation objective ``max_i (C_i f(x) - d_i)`` (it is <= 0 exactly
-  when the clause holds), signed-gradient steps projected on the box, random restarts,
-  and a small negative target so a found point keeps a margin.
+* PGD, signed-gradient steps projected on the box, from the best samples and random
+  starts, on two objectives per clause: the violation ``max_i (C_i f(x) - d_i)`` (<= 0
+  exactly when the clause holds) and the hinge sum ``sum_i relu(C_i f(x) - d_i + margin)``
+  (its gradient pushes every violated row at once; it finds ACAS Xu counterexamples the
+  max misses).
 
 A point found here is only a *candidate*: :mod:`perturbkit.verify.check` executes the
 network on it (ONNX Runtime for ONNX models) before anything says "sat".
@@ -25,21 +27,27 @@ Tensor = torch.Tensor
 
 @dataclass(frozen=True)
 class FalsifyConfig:
-    samples: int = 256
-    restarts: int = 8
-    steps: int = 40
-    margin: float = 1e-5  # push the objective below -margin
+    samples: int = 1024
+    restarts: int = 128
+    steps: int = 100
+    margin: float = 1e-4  # the hinge objective pushes rows below -margin
 
 
-def violation(net: Network, x: Tensor, C: Tensor, d: Tensor, clause_of_row: Tensor, n_clauses: int) -> Tensor:
-    """Per point and clause, ``max_i (C_i f(x) - d_i)`` over the clause's rows: (N, n_clauses).
+def violation(net: Network, x: Tensor, C: Tensor, d: Tensor, clause_of_row: Tensor, n_clauses: int,
+              hinge: float | None = None) -> Tensor:
+    """Per point and clause, ``max_i (C_i f(x) - d_i)`` over the clause's rows: (N, n_clauses);
+    with ``hinge`` the sum of ``relu(C_i f(x) - d_i + hinge)`` instead.
 
     x: (N, n) flat inputs; C: (R, n_out); d: (R,); clause_of_row: (R,) int64.
     """
     y = net(x.reshape(x.shape[0], *net.sample_shape)).reshape(x.shape[0], -1)
     g = y @ C.T - d  # (N, R)
+    idx = clause_of_row.expand(x.shape[0], -1)
+    if hinge is not None:
+        out = torch.zeros((x.shape[0], n_clauses), dtype=g.dtype, device=g.device)
+        return out.scatter_add(1, idx, torch.relu(g + hinge))
     out = torch.full((x.shape[0], n_clauses), float("-inf"), dtype=g.dtype, device=g.device)
-    return out.scatter_reduce(1, clause_of_row.expand(x.shape[0], -1), g, reduce="amax")
+    return out.scatter_reduce(1, idx, g, reduce="amax")
 
 
 def search(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, clause_of_row: Tensor, n_clauses: int,
@@ -66,11 +74,14 @@ def search(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, clause_of
     target = torch.cat([target, torch.randint(0, n_clauses, (k - best.numel(),), generator=generator)])
     x = starts.clone()
     width = (hi - lo)
+    use_hinge = torch.arange(k, device=x.device) % 2 == 1  # half the starts on each objective
     for step in range(config.steps):
         x.requires_grad_(True)
         with torch.enable_grad():
             v = violation(net, x, C, d, clause_of_row, n_clauses)
-            obj = v.gather(1, target.to(v.device).unsqueeze(1)).squeeze(1)
+            h = violation(net, x, C, d, clause_of_row, n_clauses, hinge=config.margin)
+            t = target.to(v.device).unsqueeze(1)
+            obj = torch.where(use_hinge, h.gather(1, t).squeeze(1), v.gather(1, t).squeeze(1))
             (grad,) = torch.autograd.grad(obj.sum(), x)
         with torch.no_grad():
             hit = _first_hit(v.detach(), x.detach())
@@ -102,7 +113,8 @@ def pgd_in_boxes(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, cla
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             v = violation(net, x, C, d, clause_of_row, n_clauses)
-            obj = v.min(1).values
+            h = violation(net, x, C, d, clause_of_row, n_clauses, hinge=1e-4)
+            obj = h.gather(1, v.argmin(1, keepdim=True)).squeeze(1)  # hinge of the closest clause
             (grad,) = torch.autograd.grad(obj.sum(), x)
         with torch.no_grad():
             hit = _first_hit(v.detach(), x.detach())
