@@ -116,3 +116,18 @@ def test_result_invariants():
         pk.Result("sat")  # a sat result must carry its counterexample
     with pytest.raises(ValueError):
         pk.Result("unsat", (np.zeros(1), np.zeros(1)))
+
+
+def test_branch_and_bound_with_alpha_crown_on_open_boxes():
+    from perturbkit.verify.bab import BabConfig
+    from perturbkit.verify.runner import VerifyConfig
+
+    cfg = VerifyConfig(bab=BabConfig(alpha_iterations=3))
+    for onnx_name, vnnlib_name, answer in (("ACASXU_run2a_1_1_batch_2000", "prop_1", "unsat"),
+                                           ("ACASXU_run2a_1_2_batch_2000", "prop_2", "sat")):
+        path = CAMPAIGN / "onnx" / f"{onnx_name}.onnx"
+        prop = parse_vnnlib(CAMPAIGN / "vnnlib" / f"{vnnlib_name}.vnnlib")
+        r = pk.verify(pk.load(path), prop, timeout=60, config=cfg)
+        assert r.verdict == answer
+        if answer == "sat":
+            _check_counterexample(path, prop, r)

@@ -47,6 +47,8 @@ class AlphaConfig:
         optimize_intermediate: also optimise the slopes used for intermediate bounds.
         separate_upper: optimise the upper bounds with their own intermediate slopes (a
             doubled batch; tighter, about twice the work) rather than sharing them.
+        lower_only: only lower bounds of ``C f(x)`` (the upper ones come back as +inf),
+            as branch and bound needs.
     """
 
     iterations: int = 30
@@ -55,6 +57,7 @@ class AlphaConfig:
     stop_above: Optional[float] = None
     optimize_intermediate: bool = True
     separate_upper: bool = False
+    lower_only: bool = False
 
 
 class _Adam:
@@ -130,7 +133,9 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
     n_out = ctx.net.n_outputs
     if C is None:
         C = torch.eye(n_out, dtype=ctx.dtype, device=ctx.device).unsqueeze(0).expand(B0, n_out, n_out)
-    if config.separate_upper:
+    if config.lower_only:
+        A_out = C  # (B, S, n_out)
+    elif config.separate_upper:
         ctx = make_context(ctx.net, ctx.input_set.tile(2))
         A_out = torch.cat([C, -C], 0)  # (2B, S, n_out): lower rows, then negated (upper) rows
     else:
@@ -222,6 +227,8 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
 
 def _halves(best: Tensor, B0: int, S: int, config: "AlphaConfig") -> tuple[Tensor, Tensor]:
     """Lower and upper bounds from the optimised rows."""
+    if config.lower_only:
+        return best, torch.full_like(best, float("inf"))
     if config.separate_upper:
         return best[:B0], -best[B0:]
     return best[:, :S], -best[:, S:]
