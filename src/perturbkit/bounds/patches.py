@@ -258,7 +258,8 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
         A = P.dense()
         A = A.expand(B, *A.shape[1:]).reshape(B, G * R, *g.shapes[value])
         if alphas is not None:
-            raise NotImplementedError("alpha-CROWN patches reaching a dense hand-over")  # guarded by supports_alpha
+            raise RuntimeError("internal: alpha-CROWN patch walk reached a dense hand-over "
+                               "(supports_alpha should have excluded this start)")
         return backward(ctx, value, A, bias=bias.expand(B, G, R).reshape(B, G * R)).reshape(B, G, R)
 
 
