@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from perturbkit._atomic import write_text_atomic
 from perturbkit.errors import InputError, ModelError
 from perturbkit.models import BUNDLED, bundled_names, bundled_path
 
@@ -95,27 +95,20 @@ def write_json_atomic(path: str | os.PathLike, record: dict[str, Any]) -> None:
 
     Either the complete file appears or nothing does.
     """
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
+    text = json.dumps(record, indent=2, allow_nan=False) + "\n"
+    write_text_checked(path, text)
+
+
+def write_text_checked(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`perturbkit._atomic.write_text_atomic`);
+    a missing folder or a failed write is an InputError naming the path."""
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
     if not folder.is_dir():
         raise InputError(f"cannot write {path}: folder {folder} does not exist")
-    text = json.dumps(record, indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a result file is meant to be read
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise InputError(f"cannot write {path}: {_one_line(exc)}") from None
-        raise
+        write_text_atomic(path, text)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {_one_line(exc)}") from None
 
 
 def _one_line(exc: BaseException) -> str:

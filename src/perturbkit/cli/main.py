@@ -1,4 +1,4 @@
-"""Entry point of the ``perturbkit`` command: ``perturbkit {bounds,demo} ...``.
+"""Entry point of the ``perturbkit`` command: ``perturbkit {bounds,demo,verify,verify-batch} ...``.
 
 Exit codes: 0 success; 2 bad usage or bad input (one line ``perturbkit: error: ...`` on
 stderr, no traceback, no JSON written); 1 an unexpected exception (one line naming the
@@ -28,8 +28,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from perturbkit.cli.bounds_cmd import DEVICES, DTYPES, METHODS, NORMS
 
-    parser = _Parser(prog=PROG, description="Provable output bounds of neural networks (IBP, CROWN, CROWN-IBP).")
-    sub = parser.add_subparsers(dest="command", metavar="{bounds,demo}")
+    parser = _Parser(prog=PROG, description="Provable output bounds of neural networks (IBP, CROWN, "
+                                            "CROWN-IBP) and verification of VNN-LIB properties.")
+    sub = parser.add_subparsers(dest="command", metavar="{bounds,demo,verify,verify-batch}")
 
     b = sub.add_parser("bounds", help="bound a model's outputs (or label margins) over an Lp ball",
                        description="Bound the outputs of MODEL for every input within an Lp ball "
@@ -58,6 +59,43 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--save-dir", default=None, metavar="DIR",
                    help="where digit 0 is saved for the printed command (default: a temp folder)")
     d.set_defaults(handler=_demo)
+
+    v = sub.add_parser("verify", help="decide a VNN-LIB property on an ONNX network (sat/unsat/...)",
+                       description="Verify PROP.vnnlib on NET.onnx. The first line of stdout is the "
+                                   "verdict: sat, unsat, unknown or timeout; exit code 0 for any verdict.")
+    v.add_argument("network", metavar="NET.onnx", help="the network")
+    v.add_argument("property", metavar="PROP.vnnlib", help="the property (it describes a violation)")
+    v.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="seconds, > 0, counted from the start of loading (default: 60)")
+    v.add_argument("--out", default=None, metavar="RESULT.txt",
+                   help="write the VNN-COMP result file: the verdict, and for sat the counterexample")
+    v.add_argument("--json", dest="json_out", default=None, metavar="OUT",
+                   help="also write the result as JSON to OUT (atomically, only on success)")
+    v.set_defaults(handler=_verify)
+
+    vb = sub.add_parser("verify-batch", help="verify every instance of a VNN-COMP instances.csv",
+                        description="Run every row (onnx,vnnlib,timeout) of INSTANCES.csv and append "
+                                    "one row onnx,vnnlib,verdict,time_s per instance to --out as it "
+                                    "finishes; print a summary (and a judgement against an answers.csv "
+                                    "beside INSTANCES.csv).")
+    vb.add_argument("instances", metavar="INSTANCES.csv", help="rows onnx,vnnlib,timeout")
+    vb.add_argument("--root", default=None, metavar="DIR",
+                    help="the folder the csv's paths are relative to (default: the csv's folder)")
+    vb.add_argument("--out", default="results.csv", metavar="RESULTS.csv",
+                    help="results CSV (default: results.csv in the current folder); counterexamples go "
+                         "to a counterexamples/ folder beside it")
+    vb.add_argument("--workers", type=int, default=None, metavar="N",
+                    help="local worker processes, one torch thread each (default: 1)")
+    vb.add_argument("--ray", default=None, metavar="ADDRESS",
+                    help="run the instances as Ray tasks on the cluster at ADDRESS (auto, HOST:PORT, "
+                         "ray://HOST:PORT, or local); needs pip install 'perturbkit[ray]'")
+    vb.add_argument("--resume", action="store_true",
+                    help="continue --out: skip the instances already in it")
+    vb.add_argument("--timeout-scale", type=float, default=1.0, metavar="F",
+                    help="multiply every instance's timeout by F (default: 1)")
+    vb.add_argument("--no-progress", dest="progress", action="store_false",
+                    help="no progress bar on stderr")
+    vb.set_defaults(handler=_verify_batch)
     return parser
 
 
@@ -76,6 +114,39 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(DemoConfig(n_digits=args.n_digits, eps=args.eps, norm=args.norm, save_dir=args.save_dir))
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from perturbkit.cli.verify_cmd import VerifyCmdConfig, command
+
+    return command(VerifyCmdConfig(network=args.network, property=args.property, timeout=args.timeout,
+                                   out=args.out, json_out=args.json_out))
+
+
+def _verify_batch(args: argparse.Namespace) -> int:
+    from perturbkit.cli.batch_cmd import BatchConfig, command
+
+    return command(BatchConfig(instances=args.instances, root=args.root, out=args.out,
+                               workers=args.workers, ray=args.ray, resume=args.resume,
+                               timeout_scale=args.timeout_scale, progress=args.progress))
+
+
+def _exit_if_stranded(code: int) -> None:
+    """End the program now if a verifier thread was abandoned at its deadline (see
+    :func:`perturbkit.verify.instance.verify_with_deadline`): letting the interpreter shut
+    down around a thread busy in torch's C++ code can abort the process.  Only for the real
+    program (``main()`` without argv); in-process callers keep their process."""
+    import threading
+
+    from perturbkit.verify.instance import THREAD_NAME
+
+    if any(t.name == THREAD_NAME and t.is_alive() for t in threading.enumerate()):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
 def _fail(message: str, code: int) -> int:
     print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
     return code
@@ -91,8 +162,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return int(exc.code or 0)
         handler: Optional[Callable[[argparse.Namespace], int]] = getattr(args, "handler", None)
         if handler is None:
-            return _fail(f"missing command: choose 'bounds' or 'demo' (see '{PROG} --help')", 2)
-        return handler(args)
+            return _fail(f"missing command: choose bounds, demo, verify or verify-batch (see '{PROG} --help')", 2)
+        code = handler(args)
+        if argv is None:
+            _exit_if_stranded(code)
+        return code
     except UsageError as exc:
         return _fail(str(exc), 2)
     except PerturbkitError as exc:
