@@ -8,17 +8,17 @@ Public API (explicit re-exports only)::
     C = perturbkit.margin_spec(labels, 10)         # bound y_label - y_j instead
     r = perturbkit.verify(net, "prop.vnnlib", timeout=60)  # r.verdict: sat/unsat/unknown/timeout
 
-``perturbkit.verify`` is the verifier function; its package is importable as usual
-(``from perturbkit.verify.vnnlib import parse_vnnlib``).
+``perturbkit.verify`` is the verifier's package, and calling it runs the verifier
+(:func:`perturbkit.verify.runner.verify`).
 """
 from perturbkit import sets
 from perturbkit.api import Bounds, bounds, load
 from perturbkit.bounds.spec import margin_spec
 from perturbkit.errors import InputError, ModelError, PerturbkitError, UnsupportedOperatorError
 from perturbkit.graph.network import Network
+from perturbkit import verify  # a callable package: perturbkit.verify(net, prop, timeout=...)
 from perturbkit.verify.result import Result
 from perturbkit.verify.runner import VerifyConfig
-from perturbkit.verify.runner import verify  # the function shadows the subpackage attribute (see above)
 
 __version__ = "0.1.0"
 

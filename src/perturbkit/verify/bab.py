@@ -108,6 +108,7 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
     stack: list[tuple[Tensor, Tensor]] = [(lo0.unsqueeze(0), hi0.unsqueeze(0))]
     n_open = 1
     out = BabOutcome("unsat")
+    per_box: Optional[float] = None
     sample_shape = net.sample_shape
     while n_open:
         if time.monotonic() > deadline:
@@ -116,7 +117,10 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
         if out.boxes > config.max_boxes:
             out.verdict = "unknown"
             return out
-        lo, hi = _pop(stack, config.batch)
+        # a batch small enough to end before the deadline (per-box cost measured so far)
+        k = config.batch if per_box is None else max(1, min(config.batch, int(0.8 * (deadline - time.monotonic()) / per_box)))
+        t_batch = time.monotonic()
+        lo, hi = _pop(stack, k)
         n_open -= lo.shape[0]
         N = lo.shape[0]
         ctx = make_context(net, Box(lo.reshape(N, *sample_shape), hi.reshape(N, *sample_shape)))
@@ -135,6 +139,8 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
                 lb[sel] = torch.maximum(lb[sel], la.detach())
         out.boxes += N
         out.batches += 1
+        spent = (time.monotonic() - t_batch) / N
+        per_box = spent if per_box is None else 0.7 * per_box + 0.3 * spent
         margin = lb - d  # (N, R): > 0 proves the row never holds
         per_clause = _per_clause(margin, owner, n_clauses)
         open_mask = (per_clause <= 0).any(1)
@@ -162,7 +168,8 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
             score = torch.full((lo.shape[0], n_clauses), float("inf"), dtype=dt).scatter_reduce(
                 1, owner.expand(lo.shape[0], -1), closest, reduce="amax").min(1).values
             top = score.argsort()[: config.pgd_boxes]
-            x = pgd_in_boxes(net, lo[top], hi[top], C, d, owner, n_clauses, steps=config.pgd_steps)
+            x = pgd_in_boxes(net, lo[top], hi[top], C, d, owner, n_clauses, steps=config.pgd_steps,
+                             deadline=deadline)
             if x is not None and (is_candidate is None or is_candidate(x)):
                 out.verdict = "sat"
                 out.candidate = x.numpy()

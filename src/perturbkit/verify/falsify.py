@@ -15,6 +15,7 @@ network on it (ONNX Runtime for ONNX models) before anything says "sat".
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -51,7 +52,7 @@ def violation(net: Network, x: Tensor, C: Tensor, d: Tensor, clause_of_row: Tens
 
 
 def search(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, clause_of_row: Tensor, n_clauses: int,
-           config: FalsifyConfig, generator: torch.Generator) -> Optional[Tensor]:
+           config: FalsifyConfig, generator: torch.Generator, deadline: float = float("inf")) -> Optional[Tensor]:
     """A candidate x (n,) in the box [lo, hi] where some clause holds (objective <= 0), or None."""
     n = lo.numel()
     dt = lo.dtype
@@ -76,6 +77,8 @@ def search(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, clause_of
     width = (hi - lo)
     use_hinge = torch.arange(k, device=x.device) % 2 == 1  # half the starts on each objective
     for step in range(config.steps):
+        if time.monotonic() > deadline:
+            break
         x.requires_grad_(True)
         with torch.enable_grad():
             v = violation(net, x, C, d, clause_of_row, n_clauses)
@@ -102,7 +105,7 @@ def _first_hit(v: Tensor, pts: Tensor) -> Optional[Tensor]:
 
 
 def pgd_in_boxes(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, clause_of_row: Tensor,
-                 n_clauses: int, steps: int = 10) -> Optional[Tensor]:
+                 n_clauses: int, steps: int = 10, deadline: float = float("inf")) -> Optional[Tensor]:
     """PGD from the centres of several boxes at once (lo, hi: (M, n)), each iterate projected
     on its own box, minimising the most nearly satisfied clause's violation.  Returns a
     candidate point (n,) where some clause holds, or None.  Used inside branch and bound on
@@ -110,6 +113,8 @@ def pgd_in_boxes(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, cla
     x = (lo + hi) / 2
     width = hi - lo
     for step in range(steps):
+        if time.monotonic() > deadline:
+            break
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             v = violation(net, x, C, d, clause_of_row, n_clauses)

@@ -75,7 +75,7 @@ def verify(network: Network, prop: Union[Property, str], *, timeout: float = 60.
     for case in cases:
         if time.monotonic() > deadline:
             return done("timeout")
-        ce = _falsify(network, case, config, gen)
+        ce = _falsify(network, case, config, gen, deadline)
         if ce is not None:
             stats["falsify_hits"] += 1
             return done("sat", ce)
@@ -105,11 +105,12 @@ def verify(network: Network, prop: Union[Property, str], *, timeout: float = 60.
     return done("unsat" if all(v == "unsat" for v in verdicts) else "unknown")
 
 
-def _falsify(net: Network, case: Case, config: VerifyConfig, gen: torch.Generator) -> Optional[tuple]:
+def _falsify(net: Network, case: Case, config: VerifyConfig, gen: torch.Generator,
+             deadline: float) -> Optional[tuple]:
     C, d, owner, n_clauses = rows_of(case, torch.float64)
     lo = torch.from_numpy(np.array(case.box.lower))
     hi = torch.from_numpy(np.array(case.box.upper))
-    x = search(net, lo, hi, C, d, owner, n_clauses, config.falsify, gen)
+    x = search(net, lo, hi, C, d, owner, n_clauses, config.falsify, gen, deadline)
     if x is None:
         return None
     return check.confirm(net, case, x.numpy())
