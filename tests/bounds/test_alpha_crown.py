@@ -32,10 +32,12 @@ def test_sound_and_never_looser_than_crown(kind, act):
     assert (m >= alpha.lower - 1e-9).all() and (m <= alpha.upper + 1e-9).all()
 
 
-def test_tighter_than_crown_somewhere():
-    net, module, shape = network("mlp")
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Tanh])
+def test_tighter_than_crown_somewhere(act):
+    """ReLU lower slopes and the tangent points of S-shaped activations are optimised."""
+    net, module, shape = network("mlp", act)
     x = torch.rand(3, *shape[1:], dtype=torch.float64)
-    s = pk.sets.LpBall(x, 0.2)
+    s = pk.sets.LpBall(x, 0.3)
     crown = pk.bounds(net, s, method="crown")
     alpha = pk.bounds(net, s, method="alpha-crown")
     assert ((alpha.lower - crown.lower) > 1e-6).any()

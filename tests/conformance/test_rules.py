@@ -438,3 +438,32 @@ def test_abs_hand_cases():
     torch.testing.assert_close(R.upper.intercept, torch.tensor([0, 0, 1.5, 1.5], dtype=F64), **approx)
     torch.testing.assert_close(R.lower.slope, torch.tensor([-1, 1, 1, -1], dtype=F64), **approx)
     assert case.rule.interval(node, Interval(lo, hi)).lo.tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("op", ["Sigmoid", "Tanh", "Relu", "LeakyRelu"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_alpha_relaxations_sound_for_every_alpha(op, dtype):
+    """alpha-CROWN's parameterised lines (rule.relax_alpha) are sound for every alpha in
+    rule.alpha_range, on boxes in every regime (convex, concave, crossing, stable, unstable)."""
+    from perturbkit.graph.ir import Node
+    from perturbkit.ops.registry import RULES
+
+    rule = RULES[op]
+    attrs = {"alpha": 0.125} if op == "LeakyRelu" else {}
+    node = Node("n", op, ("x",), "y", attrs, ((64,),), (64,))
+    g = torch.Generator().manual_seed(0)
+    c = (torch.rand(64, generator=g, dtype=torch.float64) * 12 - 6).to(dtype)
+    w = (torch.rand(64, generator=g, dtype=torch.float64) * 6).to(dtype)
+    lo, hi = c - w, c + w
+    amin, amax = rule.alpha_range(node)
+    for a in (amin, amax, (amin + amax) / 2):
+        alpha = torch.full((3, 64), a, dtype=dtype)
+        alpha[1] = amin + (amax - amin) * torch.rand(64, generator=g, dtype=torch.float64).to(dtype)
+        rel = rule.relax_alpha(node, lo.unsqueeze(0), hi.unsqueeze(0), alpha)
+        t = torch.linspace(0, 1, 201, dtype=dtype).view(-1, 1, 1)
+        x = lo + t * (hi - lo)  # (201, 1, 64) points of every box, endpoints included
+        y = rule.forward(node, x)
+        lower = rel.lower.slope * x + rel.lower.intercept
+        upper = rel.upper.slope * x + rel.upper.intercept
+        tol = 0 if op in ("Sigmoid", "Tanh") else 8 * torch.finfo(dtype).eps * (1 + y.abs())
+        assert (lower <= y + tol).all() and (y <= upper + tol).all()

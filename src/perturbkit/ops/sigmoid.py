@@ -87,19 +87,27 @@ class SShaped(ActivationRule):
             a = torch.where(pos, a, m)
         return b
 
-    def upper_line(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-        """Slope and intercept of a sound upper line of ``f`` on ``[l, u]`` (finite bounds)."""
+    def upper_line(self, l: Tensor, u: Tensor, alpha: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Slope and intercept of a sound upper line of ``f`` on ``[l, u]`` (finite bounds).
+
+        ``alpha`` (alpha-CROWN, in [0, 1], broadcast with l, u) moves the tangent point over
+        every sound choice: ``t = t0 + alpha (u - t0)`` with ``t0 = l`` on the concave part
+        and ``t0 = d`` (the tangent through ``(l, f(l))``) when the box crosses 0; any
+        tangent of the concave part at ``t >= t0`` lies above ``f`` on ``[l, u]``.  Without
+        alpha: the midpoint (concave part) and ``d`` (crossing), CROWN's choices.
+        """
         fl, fu = self.f(l), self.f(u)
         s_chord = self.chord_slope(l, u)
-        t = l / 2 + u / 2  # tangent point: midpoint on the concave part
+        t = l / 2 + u / 2 if alpha is None else l + alpha * (u - l)  # tangent point on the concave part
         chord = u <= 0
         cross = (l < 0) & (u > 0)
         if bool(cross.any()):
             lc, uc, flc = l[cross], u[cross], fl[cross]
             phi_u = self.f(uc) + self.df(uc) * (lc - uc) - flc
             use_chord = phi_u <= 0
-            t = t.clone()
-            t[cross] = self._tangent_through(lc, flc, uc)
+            d = torch.zeros_like(l)
+            d[cross] = self._tangent_through(lc, flc, uc)
+            t = torch.where(cross, d if alpha is None else d + alpha * (u - d), t)
             chord = chord.clone()
             chord[cross] = use_chord
         s_tan = self.df(t)
@@ -110,11 +118,26 @@ class SShaped(ActivationRule):
         return s, c + rounding_slack(s, c, l, u, fl, fu)
 
     def relax(self, node: Node, lo: Tensor, hi: Tensor, *consts) -> Relaxation:
+        return self._relax(node, lo, hi, None)
+
+    # alpha-CROWN: one free parameter per element moves the tangent point of both lines (a
+    # bound row uses one of the two lines per element, so one parameter per row suffices)
+    def alpha_range(self, node: Node) -> tuple[float, float]:
+        return (0.0, 1.0)
+
+    def alpha_init(self, node: Node, lo: Tensor, hi: Tensor, *consts) -> Tensor:
+        return torch.full_like(lo, 0.5)
+
+    def relax_alpha(self, node: Node, lo: Tensor, hi: Tensor, alpha: Tensor, *consts) -> Relaxation:
+        lo, hi, alpha = torch.broadcast_tensors(lo, hi, alpha)
+        return self._relax(node, lo, hi, alpha)
+
+    def _relax(self, node: Node, lo: Tensor, hi: Tensor, alpha: Tensor | None) -> Relaxation:
         ok = finite_box(lo, hi)
         zero = torch.zeros_like(lo)
         l, u = torch.where(ok, lo, zero), torch.where(ok, hi, zero)
-        us, uc = self.upper_line(l, u)
-        ls, lc = self.upper_line(-u, -l)
+        us, uc = self.upper_line(l, u, alpha)
+        ls, lc = self.upper_line(-u, -l, alpha)
         lc = (self.a + 2 * self.b) - lc  # reflect through (0, f(0)): f(x) = 2 f(0) - f(-x)
         lc = lc - 4 * torch.finfo(lc.dtype).eps * lc.abs()
         box = self.interval(node, Interval(lo, hi))
