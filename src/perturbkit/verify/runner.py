@@ -6,7 +6,8 @@ Order of work, for each case of the property (an input box with its output claus
    candidate executed through the network (ONNX Runtime for ONNX models) before "sat";
 2. one CROWN bound on the whole box: the case may already be proved;
 3. input-splitting branch and bound (:mod:`.bab`) when the network has few inputs
-   (``VerifyConfig.max_split_inputs``), which also checks candidate points as it goes.
+   (``VerifyConfig.max_split_inputs``), which also checks candidate points as it goes;
+   otherwise one alpha-CROWN bound (``VerifyConfig.alpha_iterations`` steps) on the box.
 
 The property is ``sat`` as soon as one case has a confirmed counterexample, ``unsat`` when
 every case is proved, ``timeout`` at the deadline, and ``unknown`` when a case has too many
@@ -22,6 +23,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from perturbkit.bounds.alpha_crown import AlphaConfig, alpha_crown
 from perturbkit.bounds.crown import crown
 from perturbkit.bounds.engine import make_context
 from perturbkit.errors import InputError
@@ -41,6 +43,7 @@ class VerifyConfig:
     falsify: FalsifyConfig = field(default_factory=FalsifyConfig)
     bab: BabConfig = field(default_factory=BabConfig)
     max_split_inputs: int = 16
+    alpha_iterations: int = 30
     seed: int = 0
 
 
@@ -88,7 +91,11 @@ def verify(network: Network, prop: Union[Property, str], *, timeout: float = 60.
             verdicts.append("unsat")
             continue
         if network.n_inputs > config.max_split_inputs:
-            verdicts.append("unknown")
+            # no input splitting here: one optimised bound is the last resort
+            if config.alpha_iterations and _one_shot(network, case, config, alpha=True):
+                verdicts.append("unsat")
+            else:
+                verdicts.append("unknown")
             continue
 
         def is_ce(x: torch.Tensor, case=case) -> bool:
@@ -116,14 +123,18 @@ def _falsify(net: Network, case: Case, config: VerifyConfig, gen: torch.Generato
     return check.confirm(net, case, x.numpy())
 
 
-def _one_shot(net: Network, case: Case, config: VerifyConfig) -> bool:
-    """One CROWN bound on the whole box proves every clause?"""
+def _one_shot(net: Network, case: Case, config: VerifyConfig, alpha: bool = False) -> bool:
+    """One CROWN (or alpha-CROWN) bound on the whole box proves every clause?"""
     C, d, owner, n_clauses = rows_of(case, config.bab.dtype)
     lo = torch.from_numpy(np.array(case.box.lower)).to(config.bab.dtype).reshape(1, *net.sample_shape)
     hi = torch.from_numpy(np.array(case.box.upper)).to(config.bab.dtype).reshape(1, *net.sample_shape)
     ctx = make_context(net, Box(lo, hi))
-    with torch.no_grad():
-        lb, _ = crown(ctx, C.unsqueeze(0))
+    if alpha:
+        lb, _, _ = alpha_crown(ctx, C.unsqueeze(0), AlphaConfig(iterations=config.alpha_iterations, lower_only=True))
+        lb = lb.detach()
+    else:
+        with torch.no_grad():
+            lb, _ = crown(ctx, C.unsqueeze(0))
     margin = (lb - d)[0]
     per_clause = torch.full((n_clauses,), float("-inf"), dtype=margin.dtype).scatter_reduce(
         0, owner, margin, reduce="amax")
