@@ -22,7 +22,6 @@ bounded by (depth x batch) and reaches counterexamples in deep sub-boxes early.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -35,7 +34,7 @@ from perturbkit.bounds.crown import crown
 from perturbkit.bounds.engine import make_context
 from perturbkit.graph.network import Network
 from perturbkit.sets.box import Box
-from perturbkit.verify.falsify import pgd_in_boxes
+from perturbkit.verify.falsify import clause_max, pgd_in_boxes
 from perturbkit.verify.spec import Case
 
 Tensor = torch.Tensor
@@ -129,7 +128,7 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
             lb, _ = crown(ctx, C.unsqueeze(0).expand(N, R, -1))
         A = ctx.input_coeffs[:, :R]  # (N, R, n): the lower bounds' linear functions of x
         if config.alpha_iterations:  # a second, optimised bound for the boxes CROWN left open
-            unproved = _per_clause(lb - d, owner, n_clauses).le(0).any(1)
+            unproved = clause_max(lb - d, owner, n_clauses).le(0).any(1)
             if bool(unproved.any()):
                 sel = torch.nonzero(unproved).flatten()
                 M = sel.numel()
@@ -142,7 +141,7 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
         spent = (time.monotonic() - t_batch) / N
         per_box = spent if per_box is None else 0.7 * per_box + 0.3 * spent
         margin = lb - d  # (N, R): > 0 proves the row never holds
-        per_clause = _per_clause(margin, owner, n_clauses)
+        per_clause = clause_max(margin, owner, n_clauses)
         open_mask = (per_clause <= 0).any(1)
         if not bool(open_mask.any()):
             if progress:
@@ -153,10 +152,8 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
         cand = _candidates(lo, hi, A)
         with torch.no_grad():
             y = net(cand.reshape(cand.shape[0], *sample_shape)).reshape(cand.shape[0], -1)
-        g = y @ C.T - d
-        holds = torch.full((cand.shape[0], n_clauses), float("-inf"), dtype=dt).scatter_reduce(
-            1, owner.expand(cand.shape[0], -1), g, reduce="amax") <= 0
-        hit = torch.nonzero(holds.any(1)).flatten()
+        worst = clause_max(y @ C.T - d, owner, n_clauses)  # (candidates, clauses): <= 0 holds
+        hit = torch.nonzero((worst <= 0).any(1)).flatten()
         for i in hit[:8].tolist():
             if is_candidate is None or is_candidate(cand[i]):
                 out.verdict = "sat"
@@ -164,9 +161,7 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
                 return out
         # falsification again, inside the sub-boxes whose centres come closest to a clause
         if config.pgd_boxes and out.batches % config.pgd_every == 0:
-            closest = g[: lo.shape[0]].reshape(lo.shape[0], -1)
-            score = torch.full((lo.shape[0], n_clauses), float("inf"), dtype=dt).scatter_reduce(
-                1, owner.expand(lo.shape[0], -1), closest, reduce="amax").min(1).values
+            score = worst[: lo.shape[0]].min(1).values  # the centres come first in cand
             top = score.argsort()[: config.pgd_boxes]
             x = pgd_in_boxes(net, lo[top], hi[top], C, d, owner, n_clauses, steps=config.pgd_steps,
                              deadline=deadline)
@@ -177,21 +172,14 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
         # split
         dim = _split_dim(lo, hi, A, margin, per_clause, owner, width0)
         mid = (lo.gather(1, dim[:, None]) + hi.gather(1, dim[:, None])) / 2
-        lo2, hi2 = lo.clone(), hi.clone()
         hi_left = hi.clone().scatter_(1, dim[:, None], mid)
-        lo_right = lo2.scatter_(1, dim[:, None], mid)
+        lo_right = lo.clone().scatter_(1, dim[:, None], mid)
         stack.append((lo, hi_left))
-        stack.append((lo_right, hi2))
+        stack.append((lo_right, hi))
         n_open += 2 * lo.shape[0]
         if progress:
             progress(out.boxes, n_open)
     return out
-
-
-def _per_clause(margin: Tensor, owner: Tensor, n_clauses: int) -> Tensor:
-    """(N, R) row margins -> (N, n_clauses): the best row of each clause."""
-    out = torch.full((margin.shape[0], n_clauses), float("-inf"), dtype=margin.dtype, device=margin.device)
-    return out.scatter_reduce(1, owner.expand(margin.shape[0], -1), margin, reduce="amax")
 
 
 def _pop(stack: list, k: int) -> tuple[Tensor, Tensor]:

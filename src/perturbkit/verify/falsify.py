@@ -34,6 +34,16 @@ class FalsifyConfig:
     margin: float = 1e-4  # the hinge objective pushes rows below -margin
 
 
+def clause_max(g: Tensor, clause_of_row: Tensor, n_clauses: int) -> Tensor:
+    """Row values (N, R) -> per clause the largest of its rows (N, n_clauses).
+
+    With ``g = C y - d`` this is <= 0 exactly where the clause holds; with row margins
+    (lower bound - d) it is > 0 exactly where some row proves the clause never holds.
+    """
+    out = torch.full((g.shape[0], n_clauses), float("-inf"), dtype=g.dtype, device=g.device)
+    return out.scatter_reduce(1, clause_of_row.expand(g.shape[0], -1), g, reduce="amax")
+
+
 def violation(net: Network, x: Tensor, C: Tensor, d: Tensor, clause_of_row: Tensor, n_clauses: int,
               hinge: float | None = None) -> Tensor:
     """Per point and clause, ``max_i (C_i f(x) - d_i)`` over the clause's rows: (N, n_clauses);
@@ -43,12 +53,10 @@ def violation(net: Network, x: Tensor, C: Tensor, d: Tensor, clause_of_row: Tens
     """
     y = net(x.reshape(x.shape[0], *net.sample_shape)).reshape(x.shape[0], -1)
     g = y @ C.T - d  # (N, R)
-    idx = clause_of_row.expand(x.shape[0], -1)
     if hinge is not None:
         out = torch.zeros((x.shape[0], n_clauses), dtype=g.dtype, device=g.device)
-        return out.scatter_add(1, idx, torch.relu(g + hinge))
-    out = torch.full((x.shape[0], n_clauses), float("-inf"), dtype=g.dtype, device=g.device)
-    return out.scatter_reduce(1, idx, g, reduce="amax")
+        return out.scatter_add(1, clause_of_row.expand(x.shape[0], -1), torch.relu(g + hinge))
+    return clause_max(g, clause_of_row, n_clauses)
 
 
 def search(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, clause_of_row: Tensor, n_clauses: int,

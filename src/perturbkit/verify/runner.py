@@ -31,7 +31,7 @@ from perturbkit.graph.network import Network
 from perturbkit.sets.box import Box
 from perturbkit.verify import check
 from perturbkit.verify.bab import BabConfig, input_split, rows_of
-from perturbkit.verify.falsify import FalsifyConfig, search
+from perturbkit.verify.falsify import FalsifyConfig, clause_max, search
 from perturbkit.verify.result import Result
 from perturbkit.verify.spec import Case, Property, check_sizes
 
@@ -135,7 +135,5 @@ def _one_shot(net: Network, case: Case, config: VerifyConfig, alpha: bool = Fals
     else:
         with torch.no_grad():
             lb, _ = crown(ctx, C.unsqueeze(0))
-    margin = (lb - d)[0]
-    per_clause = torch.full((n_clauses,), float("-inf"), dtype=margin.dtype).scatter_reduce(
-        0, owner, margin, reduce="amax")
+    per_clause = clause_max(lb - d, owner, n_clauses)[0]
     return bool((per_clause > 0).all())
