@@ -62,10 +62,23 @@ def _tiny_net(seed: int):
     return m, pk.load(onnx.load_from_string(buf.getvalue()))
 
 
+_CONFIGS = {
+    "default": None,
+    # ReLU splits first (every open sub-problem, until its 6 cut slots are used), then inputs
+    "relu-splits": dict(relu_split=1000, max_cuts=6),
+    "no-relu-splits": dict(relu_split=0),
+}
+
+
 @pytest.mark.parametrize("seed", range(4))
-def test_verdicts_match_enumeration(seed):
+@pytest.mark.parametrize("mode", list(_CONFIGS))
+def test_verdicts_match_enumeration(seed, mode):
     """Property "y0 - y1 >= c on [-1, 1]^2": the true maximum is found by a dense grid (plus a
     Lipschitz bound on the grid error); c above it is unsat, below it sat."""
+    from perturbkit.verify.bab import BabConfig
+    from perturbkit.verify.runner import VerifyConfig
+
+    config = VerifyConfig() if _CONFIGS[mode] is None else VerifyConfig(bab=BabConfig(**_CONFIGS[mode]))
     m, net = _tiny_net(seed)
     g = torch.linspace(-1, 1, 401, dtype=torch.float64)
     xs = torch.cartesian_prod(g, g)
@@ -81,7 +94,7 @@ def test_verdicts_match_enumeration(seed):
     for c, expected in ((top + slack, "unsat"), (top - 1e-3, "sat")):
         # violation: y1 - y0 <= -c  (i.e. y0 - y1 >= c)
         prop = Property(2, 2, (Case(box, OutputSpec((Clause(np.array([[-1.0, 1.0]]), np.array([-c])),))),))
-        r = pk.verify(net, prop, timeout=30)
+        r = pk.verify(net, prop, timeout=30, config=config)
         assert r.verdict == expected, (c, top, r)
         if expected == "sat":
             x, yy = r.counterexample

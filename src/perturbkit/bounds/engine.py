@@ -54,6 +54,13 @@ class Context:
     #: ``input_coeffs`` (B, S, n): branch and bound reads them to choose where to split
     keep_input_coeffs: bool = False
     input_coeffs: Optional[Tensor] = None
+    #: with ``keep_input_coeffs``: the constant of those linear functions (B, S), so that
+    #: ``input_coeffs @ x + input_bias`` is the pass's linear lower bound
+    input_bias: Optional[Tensor] = None
+    #: when a dict, :func:`backward` records in it the coefficients (B, S, *shape) reaching
+    #: the output of every activation node (by node name; the last pass wins): branch and
+    #: bound scores neurons for ReLU splitting with them
+    activation_coeffs: Optional[dict] = None
     #: bounds known beforehand (e.g. a parent box's, in branch and bound): value name ->
     #: Interval (B, *shape) valid on this input set; intersected into a value's final
     #: interval (after its own bounds are computed, so it never changes which elements
@@ -248,6 +255,29 @@ def _tighten_pairs(ctx: Context, name: str, itv: Interval, pairs: Tensor, widest
     return Interval(lo.reshape(B, *shape), hi.reshape(B, *shape))
 
 
+def linear_bounds_pairs(ctx: Context, name: str, b: Tensor, j: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Linear lower and upper bounds ``L(x) <= v_j(x) <= U(x)`` over the input set of batch
+    entry ``b[p]``, for element ``j[p]`` (flat) of value ``name``, from the intervals already
+    in ``ctx``: ``(A_lo (P, n), b_lo (P,), A_up, b_up)`` with ``L(x) = A_lo x + b_lo``."""
+    P = b.numel()
+    shape = ctx.graph.shapes[name]
+    n = math.prod(shape)
+    sub = Context(net=ctx.net, consts=ctx.consts, batch=P, input_set=ctx.input_set.index(b),
+                  dtype=ctx.dtype, device=ctx.device, position=ctx.position,
+                  consumer_count=ctx.consumer_count, use_patches=False)
+    sub.intervals = {v: Interval(x.lo[b], x.hi[b]) for v, x in ctx.intervals.items()}
+    sub.const_parts = ctx.const_parts
+    sub.keep_input_coeffs = True
+    A = torch.zeros(P, 2, n, dtype=ctx.dtype, device=ctx.device)
+    rows = torch.arange(P, device=ctx.device)
+    A[rows, 0, j] = 1.0
+    A[rows, 1, j] = -1.0
+    backward(sub, name, A.reshape(P, 2, *shape))
+    n_in = ctx.net.n_inputs
+    Ain = sub.input_coeffs if sub.input_coeffs is not None else torch.zeros(P, 2, n_in, dtype=ctx.dtype, device=ctx.device)
+    return Ain[:, 0], sub.input_bias[:, 0], -Ain[:, 1], -sub.input_bias[:, 1]
+
+
 def constant_part(ctx: Context, node: Node) -> Optional[Tensor]:
     """``f(0)`` of an affine node (no leading dims), or None when it is zero."""
     if node.name not in ctx.const_parts:
@@ -344,6 +374,8 @@ def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = No
                     _add(store, name, Ai)
         elif rule.kind == "activation":
             lo_like = ctx.intervals[node.inputs[0]].lo
+            if ctx.activation_coeffs is not None:
+                ctx.activation_coeffs[node.name] = A.clone() if inplace else A
             if alphas is not None and node.name in alphas:
                 x = ctx.intervals[node.inputs[0]]
                 consts = [ctx.consts[i] for i in node.inputs[1:]]
@@ -381,6 +413,7 @@ def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = No
     A_in = store.pop(g.input_name, None)
     if ctx.keep_input_coeffs:
         ctx.input_coeffs = None if A_in is None else A_in.reshape(B, S, -1)
+        ctx.input_bias = bias
     if A_in is None:
         return bias
     return bias + ctx.input_set.min_linear(A_in.reshape(B, S, -1))

@@ -1,4 +1,4 @@
-"""Input-splitting branch and bound for low-dimensional inputs.
+"""Branch and bound for low-dimensional inputs: input splits, and ReLU splits with cuts.
 
 A case (an input box and a disjunction of clauses ``C y <= d``) is proved (no
 counterexample) when, on every sub-box, every clause has a row whose CROWN lower bound of
@@ -17,11 +17,31 @@ matters comes from the relaxations of neurons driven by the others (measured on 
 1_1/prop_4 and 1_4/prop_1 ran out of time with smear alone and took 0.2-0.3 s with the
 sum); the width term makes every dimension shrink in turn, the smear term orders them.
 
+ReLU splits (``BabConfig.relu_split``): when at most that many neurons are still unstable
+in an open sub-box, the relaxation error comes from those few, and halving the box may not
+remove them (a neuron whose zero set crosses the box stays unstable in one child).  Then the
+neuron with the largest BaBSR-style score (``|lambda_j| u_j (-l_j) / (u_j - l_j)``: the
+triangle's largest gap weighted by the coefficient the bound gives its output; Bunel et al.
+2020) is split into ``z >= 0`` and ``z <= 0``.  A child fixes the neuron's sign (its
+relaxation becomes exact) and keeps the half-space the parent's linear bound of ``z`` implies
+(``U(x) >= 0`` resp. ``L(x) <= 0``; :class:`perturbkit.sets.cut_box.CutBox`), so its bounds
+only look at the part of the box where the sign can hold; a child whose cuts or fixed signs
+contradict its bounds is empty and dropped.  Each child covers exactly the parent's points
+where its sign holds, so the children cover the parent (tested by sampling).  Measured on
+ACAS Xu (2 workers, docs/benchmarks.md): 1_1/prop_5 10.9 s -> 4.1 s, the 113 solved
+instances 108 s -> 102 s of total time, no instance slower by more than noise.  Larger
+thresholds were erratic (10: 1_1/prop_5 timed out), so the default is 3.
+
+Every sub-problem keeps the best bound of each row found on its ancestors (its set is a
+subset of theirs): CROWN's adaptive relaxations are not monotone in the box, and a row a
+parent proved stays proved.
+
 The frontier is a stack processed in batches from its top (depth-first), which keeps memory
 bounded by (depth x batch) and reaches counterexamples in deep sub-boxes early.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -30,10 +50,12 @@ import numpy as np
 import torch
 
 from perturbkit.bounds.alpha_crown import AlphaConfig, alpha_crown
-from perturbkit.bounds.crown import crown
-from perturbkit.bounds.engine import make_context
+from perturbkit.bounds.crown import intermediate_bounds, spec_rows
+from perturbkit.bounds.engine import backward, linear_bounds_pairs, make_context
 from perturbkit.graph.network import Network
+from perturbkit.ops.base import Interval
 from perturbkit.sets.box import Box
+from perturbkit.sets.cut_box import CutBox
 from perturbkit.verify.falsify import clause_max, pgd_in_boxes
 from perturbkit.verify.spec import Case
 
@@ -42,7 +64,7 @@ Tensor = torch.Tensor
 
 @dataclass(frozen=True)
 class BabConfig:
-    """Input-split settings.
+    """Branch-and-bound settings.
 
     Attributes:
         batch: sub-boxes per bound call.
@@ -56,6 +78,9 @@ class BabConfig:
             satisfying a clause.
         max_boxes: give up ("unknown") past this many bounded sub-boxes.
         dtype: precision of the bounds (float64: no rounding doubts on small networks).
+        relu_split: split a ReLU neuron instead of an input when at most this many are
+            unstable in a sub-problem (0: input splits only); see the module docstring.
+        max_cuts: ReLU splits per sub-problem at most (each adds one half-space).
     """
 
     batch: int = 2048
@@ -65,6 +90,8 @@ class BabConfig:
     pgd_boxes: int = 32
     pgd_every: int = 4
     pgd_steps: int = 10
+    relu_split: int = 3
+    max_cuts: int = 6
 
 
 @dataclass
@@ -73,6 +100,8 @@ class BabOutcome:
     candidate: Optional[np.ndarray] = None
     boxes: int = 0
     batches: int = 0
+    #: fraction of the input box proved so far (each ReLU split halves a box's share)
+    proved: float = 0.0
 
 
 def rows_of(case: Case, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, int]:
@@ -87,11 +116,64 @@ def rows_of(case: Case, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, int
     return C, d, torch.tensor(owner, dtype=torch.int64), len(case.output.clauses)
 
 
+class _Neurons:
+    """The ReLU/LeakyReLU neurons of a network, numbered 0..M-1 node by node."""
+
+    def __init__(self, net: Network):
+        self.nodes = [n for n in net.graph.nodes if n.op_type in ("Relu", "LeakyRelu")]
+        self.shapes = [tuple(net.graph.shapes[n.inputs[0]]) for n in self.nodes]
+        self.sizes = [math.prod(sh) for sh in self.shapes]
+        self.offsets = [0]
+        for m in self.sizes:
+            self.offsets.append(self.offsets[-1] + m)
+        self.total = self.offsets[-1]
+
+    def prior(self, signs: Tensor, dtype: torch.dtype) -> dict[str, Interval]:
+        """Bounds implied by the split signs (N, M): +1 -> input >= 0, -1 -> input <= 0."""
+        out = {}
+        N = signs.shape[0]
+        for node, shape, a, b in zip(self.nodes, self.shapes, self.offsets, self.offsets[1:]):
+            s = signs[:, a:b]
+            if not bool(s.any()):
+                continue
+            inf = torch.full(s.shape, math.inf, dtype=dtype)
+            lo = torch.where(s > 0, torch.zeros_like(inf), -inf)
+            hi = torch.where(s < 0, torch.zeros_like(inf), inf)
+            out[node.inputs[0]] = Interval(lo.reshape(N, *shape), hi.reshape(N, *shape))
+        return out
+
+
+@dataclass
+class _Boxes:
+    """A chunk of the frontier: N sub-problems (box, half-space cuts, split signs)."""
+
+    lo: Tensor  # (N, n)
+    hi: Tensor  # (N, n)
+    H: Tensor  # (N, K, n) cuts H x + g >= 0 (unused slots are zero)
+    g: Tensor  # (N, K)
+    used: Tensor  # (N,) cut slots in use
+    signs: Tensor  # (N, M) int8: 0 free, +1 / -1 neuron input fixed >= 0 / <= 0
+    best: Tensor  # (N, R) best lower bound of each row's margin C_i y - d_i found on an ancestor
+
+    def __len__(self) -> int:
+        return self.lo.shape[0]
+
+    def take(self, sel) -> "_Boxes":
+        return _Boxes(self.lo[sel], self.hi[sel], self.H[sel], self.g[sel], self.used[sel], self.signs[sel],
+                      self.best[sel])
+
+    @staticmethod
+    def cat(parts: list) -> "_Boxes":
+        return _Boxes(*(torch.cat([getattr(p, f) for p in parts]) for f in ("lo", "hi", "H", "g", "used", "signs", "best")))
+
+
 def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig = BabConfig(),
                 is_candidate: Callable[[Tensor], bool] | None = None,
                 progress: Callable[[int, int], None] | None = None) -> BabOutcome:
-    """Prove ``case`` infeasible by input splitting, or find a candidate counterexample.
+    """Prove ``case`` infeasible by branch and bound, or find a candidate counterexample.
 
+    Sub-problems are split on an input dimension, or (``config.relu_split``) on a ReLU
+    neuron when few neurons are still unstable in them (see the module docstring).
     ``is_candidate(x)`` confirms a point (executes the network); it is called on points
     whose exact output satisfies a clause.  ``progress(done, open)`` reports the frontier.
     """
@@ -102,9 +184,15 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
     R = C.shape[0]
     lo0 = torch.from_numpy(np.array(case.box.lower)).to(dt)
     hi0 = torch.from_numpy(np.array(case.box.upper)).to(dt)
+    n = lo0.numel()
     width0 = torch.where(hi0 > lo0, hi0 - lo0, torch.ones_like(hi0))
-    # the frontier: chunks of boxes, processed from the top
-    stack: list[tuple[Tensor, Tensor]] = [(lo0.unsqueeze(0), hi0.unsqueeze(0))]
+    neurons = _Neurons(net)
+    K = config.max_cuts if config.relu_split else 0
+    root = _Boxes(lo0.unsqueeze(0), hi0.unsqueeze(0), torch.zeros(1, K, n, dtype=dt), torch.zeros(1, K, dtype=dt),
+                  torch.zeros(1, dtype=torch.int64), torch.zeros(1, neurons.total, dtype=torch.int8),
+                  torch.full((1, R), -math.inf, dtype=dt))
+    # the frontier: chunks of sub-problems, processed from the top
+    stack: list[_Boxes] = [root]
     n_open = 1
     out = BabOutcome("unsat")
     per_box: Optional[float] = None
@@ -119,37 +207,40 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
         # a batch small enough to end before the deadline (per-box cost measured so far)
         k = config.batch if per_box is None else max(1, min(config.batch, int(0.8 * (deadline - time.monotonic()) / per_box)))
         t_batch = time.monotonic()
-        lo, hi = _pop(stack, k)
-        n_open -= lo.shape[0]
-        N = lo.shape[0]
-        ctx = make_context(net, Box(lo.reshape(N, *sample_shape), hi.reshape(N, *sample_shape)))
-        ctx.keep_input_coeffs = True
-        with torch.no_grad():
-            lb, _ = crown(ctx, C.unsqueeze(0).expand(N, R, -1))
-        A = ctx.input_coeffs[:, :R]  # (N, R, n): the lower bounds' linear functions of x
+        bx = _pop(stack, k)
+        n_open -= len(bx)
+        N = len(bx)
+        share = ((bx.hi - bx.lo) / width0).prod(1) * torch.pow(0.5, bx.used.to(dt))
+        ctx, lb, A, empty = bound_boxes(net, neurons, bx, C, record=bool(config.relu_split))
+        cut = bool((bx.used > 0).any())
+        split_any = bool(bx.signs.any())
         if config.alpha_iterations:  # a second, optimised bound for the boxes CROWN left open
-            unproved = clause_max(lb - d, owner, n_clauses).le(0).any(1)
-            if bool(unproved.any()):
+            unproved = clause_max(lb - d, owner, n_clauses).le(0).any(1) & ~empty
+            if bool(unproved.any()) and not cut and not split_any:
                 sel = torch.nonzero(unproved).flatten()
                 M = sel.numel()
-                sub = make_context(net, Box(lo[sel].reshape(M, *sample_shape), hi[sel].reshape(M, *sample_shape)))
+                sub = make_context(net, Box(bx.lo[sel].reshape(M, *sample_shape), bx.hi[sel].reshape(M, *sample_shape)))
                 la, _, _ = alpha_crown(sub, C.unsqueeze(0).expand(M, R, -1), AlphaConfig(
                     iterations=config.alpha_iterations, optimize_intermediate=False, lower_only=True))
                 lb[sel] = torch.maximum(lb[sel], la.detach())
         out.boxes += N
         out.batches += 1
-        spent = (time.monotonic() - t_batch) / N
-        per_box = spent if per_box is None else 0.7 * per_box + 0.3 * spent
-        margin = lb - d  # (N, R): > 0 proves the row never holds
+        # > 0: the row never holds; a sub-problem inherits its ancestors' bounds (its set is smaller)
+        margin = torch.maximum(torch.where(empty.unsqueeze(1), torch.full_like(lb, math.inf), lb - d), bx.best)
+        bx.best = margin
         per_clause = clause_max(margin, owner, n_clauses)
         open_mask = (per_clause <= 0).any(1)
+        out.proved += float(share[~open_mask].sum())
         if not bool(open_mask.any()):
+            per_box = _per_box(per_box, t_batch, N)
             if progress:
                 progress(out.boxes, n_open)
             continue
-        lo, hi, A, margin, per_clause = lo[open_mask], hi[open_mask], A[open_mask], margin[open_mask], per_clause[open_mask]
-        # candidates: centres, and for every row the corner minimising its linear bound
-        cand = _candidates(lo, hi, A)
+        sel = torch.nonzero(open_mask).flatten()
+        bx = bx.take(sel)
+        A, margin, per_clause = A[sel], margin[sel], per_clause[sel]
+        # candidates: centres, and for every row the box corner minimising its linear bound
+        cand = _candidates(bx.lo, bx.hi, A)
         with torch.no_grad():
             y = net(cand.reshape(cand.shape[0], *sample_shape)).reshape(cand.shape[0], -1)
         worst = clause_max(y @ C.T - d, owner, n_clauses)  # (candidates, clauses): <= 0 holds
@@ -161,40 +252,162 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
                 return out
         # falsification again, inside the sub-boxes whose centres come closest to a clause
         if config.pgd_boxes and out.batches % config.pgd_every == 0:
-            score = worst[: lo.shape[0]].min(1).values  # the centres come first in cand
+            score = worst[: len(bx)].min(1).values  # the centres come first in cand
             top = score.argsort()[: config.pgd_boxes]
-            x = pgd_in_boxes(net, lo[top], hi[top], C, d, owner, n_clauses, steps=config.pgd_steps,
+            x = pgd_in_boxes(net, bx.lo[top], bx.hi[top], C, d, owner, n_clauses, steps=config.pgd_steps,
                              deadline=deadline)
             if x is not None and (is_candidate is None or is_candidate(x)):
                 out.verdict = "sat"
                 out.candidate = x.numpy()
                 return out
-        # split
-        dim = _split_dim(lo, hi, A, margin, per_clause, owner, width0)
-        mid = (lo.gather(1, dim[:, None]) + hi.gather(1, dim[:, None])) / 2
-        hi_left = hi.clone().scatter_(1, dim[:, None], mid)
-        lo_right = lo.clone().scatter_(1, dim[:, None], mid)
-        stack.append((lo, hi_left))
-        stack.append((lo_right, hi))
-        n_open += 2 * lo.shape[0]
+        # split: a neuron where few are left unstable (and a cut slot is free), else an input
+        children = []
+        relu = torch.zeros(len(bx), dtype=torch.bool)
+        if config.relu_split:
+            unstable, score = _neuron_scores(ctx, neurons, sel, margin, per_clause, owner)
+            relu = (unstable <= config.relu_split) & (unstable > 0) & (bx.used < K)
+            if bool(relu.any()):
+                children += _relu_children(ctx, neurons, bx, sel, relu, score)
+        rest = torch.nonzero(~relu).flatten()
+        if rest.numel():
+            children += _input_children(bx.take(rest), A[rest], margin[rest], per_clause[rest], owner, width0)
+        for ch in children:
+            stack.append(ch)
+            n_open += len(ch)
+        per_box = _per_box(per_box, t_batch, N)
         if progress:
             progress(out.boxes, n_open)
     return out
 
 
-def _pop(stack: list, k: int) -> tuple[Tensor, Tensor]:
-    """Up to k boxes from the top of the stack."""
-    los, his, n = [], [], 0
+def bound_boxes(net: Network, neurons: _Neurons, bx: _Boxes, C: Tensor, *, record: bool = False):
+    """CROWN lower bounds of ``C y`` on every sub-problem of ``bx``.
+
+    Each sub-problem is the set {x in box, H x + g >= 0, fixed neuron signs hold}.  The box is
+    first tightened by the cuts (``bx.lo``/``bx.hi`` are replaced: the set is unchanged).  The
+    bounds hold for every x of that set; ``empty`` marks sub-problems found to be empty (a cut
+    misses the box, or a fixed sign contradicts the bounds of its neuron).
+
+    Returns ``(ctx, lb (N, R), A (N, R, n) the linear functions lb comes from, empty (N,))``;
+    with ``record`` the context keeps the coefficients of the activations (neuron scores).
+    """
+    N = len(bx)
+    dt = bx.lo.dtype
+    if bool((bx.used > 0).any()):
+        cset = CutBox(bx.lo, bx.hi, bx.H, bx.g)
+        empty = cset.is_empty().clone()
+        bx.lo, bx.hi = cset.lower, cset.upper
+        in_set = cset
+    else:
+        empty = torch.zeros(N, dtype=torch.bool)
+        in_set = Box(bx.lo.reshape(N, *net.sample_shape), bx.hi.reshape(N, *net.sample_shape))
+    ctx = make_context(net, in_set)
+    if bool(bx.signs.any()):
+        ctx.prior = neurons.prior(bx.signs, dt)
+    R = C.shape[0]
+    with torch.no_grad():
+        intermediate_bounds(ctx, mode="crown")
+        ctx.keep_input_coeffs = True
+        ctx.activation_coeffs = {} if record else None
+        r = backward(ctx, net.graph.output_name, spec_rows(ctx, C.unsqueeze(0).expand(N, R, -1)))
+    for name in ctx.prior:  # a fixed sign its bounds contradict: that part of the box is empty
+        itv = ctx.intervals[name]
+        empty |= (itv.lo > itv.hi).reshape(N, -1).any(1)
+    A = ctx.input_coeffs
+    if A is None:
+        A = torch.zeros(N, 2 * R, net.n_inputs, dtype=dt)
+    return ctx, r[:, :R], A[:, :R], empty
+
+
+def _per_box(per_box: Optional[float], t_batch: float, N: int) -> float:
+    spent = (time.monotonic() - t_batch) / N
+    return spent if per_box is None else 0.7 * per_box + 0.3 * spent
+
+
+def _pop(stack: list, k: int) -> _Boxes:
+    """Up to k sub-problems from the top of the stack."""
+    parts, n = [], 0
     while stack and n < k:
-        lo, hi = stack.pop()
-        take = min(k - n, lo.shape[0])
-        if take < lo.shape[0]:
-            stack.append((lo[:-take], hi[:-take]))
-            lo, hi = lo[-take:], hi[-take:]
-        los.append(lo)
-        his.append(hi)
+        bx = stack.pop()
+        take = min(k - n, len(bx))
+        if take < len(bx):
+            stack.append(bx.take(slice(0, len(bx) - take)))
+            bx = bx.take(slice(len(bx) - take, len(bx)))
+        parts.append(bx)
         n += take
-    return torch.cat(los), torch.cat(his)
+    return parts[0] if len(parts) == 1 else _Boxes.cat(parts)
+
+
+def _input_children(bx: _Boxes, A: Tensor, margin: Tensor, per_clause: Tensor, owner: Tensor,
+                    width0: Tensor) -> list:
+    dim = _split_dim(bx.lo, bx.hi, A, margin, per_clause, owner, width0)
+    mid = (bx.lo.gather(1, dim[:, None]) + bx.hi.gather(1, dim[:, None])) / 2
+    left = _Boxes(bx.lo, bx.hi.clone().scatter_(1, dim[:, None], mid), bx.H, bx.g, bx.used, bx.signs, bx.best)
+    right = _Boxes(bx.lo.clone().scatter_(1, dim[:, None], mid), bx.hi, bx.H, bx.g, bx.used, bx.signs, bx.best)
+    return [left, right]
+
+
+def _neuron_scores(ctx, neurons: _Neurons, sel: Tensor, margin: Tensor, per_clause: Tensor,
+                   owner: Tensor) -> tuple[Tensor, Tensor]:
+    """Per open box: the number of unstable neurons (N,) and a score per neuron (N, M).
+
+    Score (after BaBSR, Bunel et al. 2020): ``|lambda_j| * u_j (-l_j) / (u_j - l_j)``, the
+    largest gap of neuron j's triangle relaxation weighted by the coefficient its relu output
+    gets in the lower bound of the best row of every open clause; -inf for stable neurons.
+    """
+    N = sel.numel()
+    clause_best = per_clause.gather(1, owner.expand(N, -1))
+    row_open = ((clause_best <= 0) & (margin >= clause_best)).to(margin.dtype)  # (N, R)
+    R = margin.shape[1]
+    counts = torch.zeros(N, dtype=torch.int64)
+    scores = []
+    for node in neurons.nodes:
+        itv = ctx.intervals[node.inputs[0]]
+        lo = itv.lo.reshape(ctx.batch, -1)[sel]
+        hi = itv.hi.reshape(ctx.batch, -1)[sel]
+        unst = (lo < 0) & (hi > 0)
+        counts += unst.sum(1)
+        lam = ctx.activation_coeffs.get(node.name)
+        gap = torch.where(unst, hi * (-lo) / torch.where(unst, hi - lo, torch.ones_like(hi)), torch.zeros_like(hi))
+        if lam is None:
+            w = torch.ones_like(gap)
+        else:
+            w = (lam.reshape(ctx.batch, lam.shape[1], -1)[sel][:, :R].abs() * row_open.unsqueeze(2)).sum(1)
+        scores.append(torch.where(unst, w * gap, torch.full_like(gap, -math.inf)))
+    return counts, torch.cat(scores, 1)
+
+
+def _relu_children(ctx, neurons: _Neurons, bx: _Boxes, sel: Tensor, relu: Tensor, score: Tensor) -> list:
+    """Split the best-scored unstable neuron of the boxes marked ``relu``: two children each,
+    with the sign fixed and the half-space its parent's linear bound of the neuron implies."""
+    rows = torch.nonzero(relu).flatten()
+    j = score[rows].argmax(1)  # global neuron index
+    b = sel[rows]  # entries of the bounding batch
+    parent = bx.take(rows)
+    P = rows.numel()
+    n = parent.lo.shape[1]
+    H_act = torch.zeros(P, n, dtype=parent.lo.dtype)
+    g_act = torch.zeros(P, dtype=parent.lo.dtype)
+    H_ina, g_ina = H_act.clone(), g_act.clone()
+    for k, (node, a, e) in enumerate(zip(neurons.nodes, neurons.offsets, neurons.offsets[1:])):
+        mine = (j >= a) & (j < e)
+        if not bool(mine.any()):
+            continue
+        idx = torch.nonzero(mine).flatten()
+        Al, bl, Au, bu = linear_bounds_pairs(ctx, node.inputs[0], b[idx], j[idx] - a)
+        H_ina[idx], g_ina[idx] = -Al, -bl  # L(x) <= z <= 0
+        H_act[idx], g_act[idx] = Au, bu  # 0 <= z <= U(x)
+    slot = parent.used.unsqueeze(1)
+    children = []
+    for sign, Hn, gn in ((1, H_act, g_act), (-1, H_ina, g_ina)):
+        H = parent.H.clone()
+        g = parent.g.clone()
+        H.scatter_(1, slot.unsqueeze(2).expand(P, 1, n), Hn.unsqueeze(1))
+        g.scatter_(1, slot, gn.unsqueeze(1))
+        signs = parent.signs.clone()
+        signs[torch.arange(P), j] = sign
+        children.append(_Boxes(parent.lo, parent.hi, H, g, parent.used + 1, signs, parent.best))
+    return children
 
 
 def _candidates(lo: Tensor, hi: Tensor, A: Tensor) -> Tensor:

@@ -1,0 +1,75 @@
+"""ReLU splitting in branch and bound: every child's bound holds on its part of the parent.
+
+A child of a split of neuron z is the parent's box with z's sign fixed and the half-space
+that the parent's linear bound of z implies.  Its lower bound must hold at every point of
+the parent box where the sign holds (sampled), down to grandchildren (two splits)."""
+import pytest
+import torch
+from torch import nn
+
+import perturbkit as pk
+from perturbkit.verify import bab
+
+
+def _net(seed: int, n_in: int = 3):
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Linear(n_in, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(),
+                      nn.Linear(12, 2)).double().eval()
+    return pk.load(m, torch.zeros(1, n_in, dtype=torch.float64))
+
+
+def _root(neurons, lo, hi, K):
+    n = lo.numel()
+    dt = lo.dtype
+    return bab._Boxes(lo[None], hi[None], torch.zeros(1, K, n, dtype=dt), torch.zeros(1, K, dtype=dt),
+                      torch.zeros(1, dtype=torch.int64), torch.zeros(1, neurons.total, dtype=torch.int8),
+                      torch.full((1, 2), -float("inf"), dtype=dt))
+
+
+def _split_all(net, neurons, bx, C, d, owner):
+    ctx, lb, A, empty = bab.bound_boxes(net, neurons, bx, C, record=True)
+    margin = lb - d
+    per_clause = bab.clause_max(margin, owner, 1)
+    sel = torch.arange(len(bx))
+    unstable, score = bab._neuron_scores(ctx, neurons, sel, margin, per_clause, owner)
+    mask = unstable > 0
+    assert bool(mask.all())
+    return lb, bab._Boxes.cat(bab._relu_children(ctx, neurons, bx, sel, mask, score))
+
+
+def _pre_activations(net, neurons, x):
+    vals = net.run(x)
+    return torch.cat([vals[node.inputs[0]].reshape(x.shape[0], -1) for node in neurons.nodes], 1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_children_bounds_hold_where_their_signs_hold(seed):
+    net = _net(seed)
+    neurons = bab._Neurons(net)
+    dt = torch.float64
+    lo = -torch.ones(3, dtype=dt) * 0.7
+    hi = torch.ones(3, dtype=dt) * 0.7
+    C = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=dt)
+    d = torch.zeros(2, dtype=dt)
+    owner = torch.zeros(2, dtype=torch.int64)
+    root = _root(neurons, lo, hi, K=4)
+    x = lo + (hi - lo) * torch.rand(40000, 3, generator=torch.Generator().manual_seed(seed), dtype=dt)
+    with torch.no_grad():
+        y = net(x)
+        z = _pre_activations(net, neurons, x)
+    parent_lb, kids = _split_all(net, neurons, root, C, d, owner)
+    assert bool(((y @ C.T) >= parent_lb - 1e-9).all())
+    _, grandkids = _split_all(net, neurons, kids, C, d, owner)
+    for level in (kids, grandkids):
+        ctx, lb, _, empty = bab.bound_boxes(net, neurons, level, C)
+        covered = torch.zeros(x.shape[0], dtype=torch.bool)
+        for i in range(len(level)):
+            s = level.signs[i].to(dt)
+            holds = ((z * s >= 0) | (s == 0)).all(1)
+            covered |= holds
+            if bool(holds.any()):
+                assert not bool(empty[i]), "a child with points was declared empty"
+                assert bool(((y[holds] @ C.T) >= lb[i] - 1e-9).all())
+                # the tightened box still holds those points
+                assert bool(((x[holds] >= level.lo[i] - 1e-9) & (x[holds] <= level.hi[i] + 1e-9)).all())
+        assert bool(covered.all()), "the children must cover the parent"
