@@ -1,0 +1,129 @@
+"""Lp geometry for attacks: norms, projections, random starts and steepest-ascent steps.
+
+Shapes: perturbations ``delta`` are ``(B, *sample_shape)``; per-sample radii ``eps`` are
+floats or ``(B,)`` tensors; every function returns ``(B,)`` or ``(B, *sample_shape)``.
+
+* Linf: projection is a clamp; the steepest step is ``sign(g)``.
+* L2: projection rescales; the steepest step is ``g / ||g||_2``.
+* L1: projection onto the L1 ball by sorting (Duchi et al. 2008, "Efficient projections
+  onto the l1-ball for learning in high dimensions"); the steepest L1 step moves a single
+  coordinate, so, as in SLIDE (Tramer & Boneh 2019) and APGD-L1 (Croce & Hein 2021), we move
+  the top-q fraction of coordinates by |g| (those that can still move inside the domain),
+  each by ``sign(g_i) / k`` so that the step has L1 norm 1.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+
+Tensor = torch.Tensor
+Radius = Union[float, Tensor]
+
+
+def _flat(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def _col(eps: Radius, like: Tensor) -> Tensor:
+    """eps as a (B, 1) tensor broadcastable against (B, n)."""
+    if isinstance(eps, Tensor):
+        return eps.to(like.dtype).reshape(-1, 1)
+    return torch.full((1, 1), float(eps), dtype=like.dtype, device=like.device)
+
+
+def lp_norm(delta: Tensor, p: float) -> Tensor:
+    """``||delta_b||_p`` per sample: (B,)."""
+    d = _flat(delta)
+    if p == math.inf:
+        return d.abs().amax(1) if d.shape[1] else d.new_zeros(d.shape[0])
+    if p == 2:
+        return d.norm(dim=1)
+    if p == 1:
+        return d.abs().sum(1)
+    raise ValueError(f"unsupported norm {p}")
+
+
+def project_l1(d: Tensor, eps: Tensor) -> Tensor:
+    """Euclidean projection of rows of ``d`` (B, n) onto L1 balls of radii ``eps`` (B, 1)."""
+    a = d.abs()
+    inside = a.sum(1, keepdim=True) <= eps
+    s, _ = a.sort(1, descending=True)
+    cs = s.cumsum(1) - eps
+    k = torch.arange(1, d.shape[1] + 1, device=d.device, dtype=d.dtype).unsqueeze(0)
+    cond = s - cs / k > 0
+    rho = cond.to(torch.int64).cumsum(1).argmax(1, keepdim=True)  # last index where cond holds
+    theta = (cs.gather(1, rho) / (rho + 1).to(d.dtype)).clamp_min(0)
+    out = d.sign() * (a - theta).clamp_min(0)
+    return torch.where(inside, d, out)
+
+
+def project_ball(delta: Tensor, eps: Radius, p: float) -> Tensor:
+    """Nearest point (Euclidean) of the Lp ball of radius ``eps`` to each ``delta_b``
+    (for Linf and L2 the standard clamp / rescale; for L1 the exact projection)."""
+    d = _flat(delta)
+    e = _col(eps, d)
+    if p == math.inf:
+        out = torch.maximum(torch.minimum(d, e), -e)
+    elif p == 2:
+        n = d.norm(dim=1, keepdim=True)
+        out = d * torch.where(n > e, e / n.clamp_min(1e-30), torch.ones_like(n))
+    elif p == 1:
+        out = project_l1(d, e)
+    else:
+        raise ValueError(f"unsupported norm {p}")
+    return out.reshape(delta.shape)
+
+
+def random_in_ball(like: Tensor, eps: Radius, p: float, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Uniform random points of the Lp ball of radius ``eps`` (same shape as ``like``)."""
+    B = like.shape[0]
+    n = like[0].numel()
+    dt, dev = like.dtype, like.device
+    e = _col(eps, like.reshape(B, -1))
+    if p == math.inf:
+        u = torch.rand((B, n), generator=generator, dtype=dt).to(dev)
+        out = (2 * u - 1) * e
+    elif p == 2:
+        g = torch.randn((B, n), generator=generator, dtype=dt).to(dev)
+        r = torch.rand((B, 1), generator=generator, dtype=dt).to(dev) ** (1.0 / max(n, 1))
+        out = g / g.norm(dim=1, keepdim=True).clamp_min(1e-30) * r * e
+    elif p == 1:
+        # uniform in the L1 ball: Laplace direction normalised, radius u^(1/n)
+        ex = -torch.log(torch.rand((B, n), generator=generator, dtype=dt).clamp_min(1e-30)).to(dev)
+        sign = torch.where(torch.rand((B, n), generator=generator, dtype=dt).to(dev) < 0.5, -1.0, 1.0).to(dt)
+        r = torch.rand((B, 1), generator=generator, dtype=dt).to(dev) ** (1.0 / max(n, 1))
+        out = sign * ex / ex.sum(1, keepdim=True).clamp_min(1e-30) * r * e
+    else:
+        raise ValueError(f"unsupported norm {p}")
+    return out.reshape(like.shape)
+
+
+def steepest_direction(grad: Tensor, p: float, *, x: Optional[Tensor] = None,
+                       domain: Optional[tuple[float, float]] = None, l1_fraction: float = 0.01) -> Tensor:
+    """The unit-norm (in ``p``) direction of steepest ascent of a linear function ``grad``.
+
+    For L1 (sparse step), coordinates already at the domain bound in the direction of their
+    gradient are skipped (``x`` and ``domain`` given), and the top ``l1_fraction`` (at least
+    one) of the others by ``|grad|`` share the step equally.
+    """
+    g = _flat(grad)
+    if p == math.inf:
+        out = g.sign()
+    elif p == 2:
+        out = g / g.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    elif p == 1:
+        a = g.abs()
+        if x is not None and domain is not None:
+            xf = _flat(x)
+            stuck = ((xf >= domain[1]) & (g > 0)) | ((xf <= domain[0]) & (g < 0))
+            a = torch.where(stuck, torch.zeros_like(a), a)
+        k = max(1, int(math.ceil(l1_fraction * g.shape[1])))
+        top = a.topk(k, dim=1).values[:, -1:]
+        mask = (a >= top) & (a > 0)
+        cnt = mask.sum(1, keepdim=True).clamp_min(1).to(g.dtype)
+        out = g.sign() * mask.to(g.dtype) / cnt
+    else:
+        raise ValueError(f"unsupported norm {p}")
+    return out.reshape(grad.shape)
