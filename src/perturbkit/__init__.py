@@ -7,11 +7,14 @@ Public API (explicit re-exports only)::
     b = perturbkit.bounds(net, s, method="crown")  # b.lower, b.upper: (B, outputs)
     C = perturbkit.margin_spec(labels, 10)         # bound y_label - y_j instead
     r = perturbkit.verify(net, "prop.vnnlib", timeout=60)  # r.verdict: sat/unsat/unknown/timeout
+    t = perturbkit.attacks.ThreatModel(eps=0.1, norm="inf")
+    ev = perturbkit.evaluate(model, (x, y), t, attacks="autoattack")  # ev.robust_accuracy
 
 ``perturbkit.verify`` is the verifier's package, and calling it runs the verifier
 (:func:`perturbkit.verify.runner.verify`).
 """
-from perturbkit import sets
+from perturbkit import attacks, sets
+from perturbkit.attacks.evaluate import Evaluation, evaluate
 from perturbkit.api import Bounds, bounds, load
 from perturbkit.bounds.spec import margin_spec
 from perturbkit.errors import InputError, ModelError, PerturbkitError, UnsupportedOperatorError
@@ -23,6 +26,6 @@ from perturbkit.verify.runner import VerifyConfig
 __version__ = "0.1.0"
 
 __all__ = [
-    "Bounds", "InputError", "Result", "VerifyConfig", "verify", "ModelError", "Network", "PerturbkitError", "UnsupportedOperatorError",
+    "Bounds", "Evaluation", "InputError", "attacks", "evaluate", "Result", "VerifyConfig", "verify", "ModelError", "Network", "PerturbkitError", "UnsupportedOperatorError",
     "bounds", "load", "margin_spec", "sets", "__version__",
 ]

@@ -1,4 +1,4 @@
-"""Entry point of the ``perturbkit`` command: ``perturbkit {bounds,demo,verify,verify-batch} ...``.
+"""Entry point of the ``perturbkit`` command: ``perturbkit {bounds,demo,verify,verify-batch,attack} ...``.
 
 Exit codes: 0 success; 2 bad usage or bad input (one line ``perturbkit: error: ...`` on
 stderr, no traceback, no JSON written); 1 an unexpected exception (one line naming the
@@ -28,9 +28,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from perturbkit.cli.bounds_cmd import DEVICES, DTYPES, METHODS, NORMS
 
-    parser = _Parser(prog=PROG, description="Provable output bounds of neural networks (IBP, CROWN, "
+    parser = _Parser(prog=PROG, description="Attacks (FGSM, PGD, APGD, FAB, Square, AutoAttack), provable output "
+                                            "bounds (IBP, CROWN, alpha-CROWN, "
                                             "CROWN-IBP) and verification of VNN-LIB properties.")
-    sub = parser.add_subparsers(dest="command", metavar="{bounds,demo,verify,verify-batch}")
+    sub = parser.add_subparsers(dest="command", metavar="{bounds,demo,verify,verify-batch,attack}")
 
     b = sub.add_parser("bounds", help="bound a model's outputs (or label margins) over an Lp ball",
                        description="Bound the outputs of MODEL for every input within an Lp ball "
@@ -96,6 +97,37 @@ def build_parser() -> argparse.ArgumentParser:
     vb.add_argument("--no-progress", dest="progress", action="store_false",
                     help="no progress bar on stderr")
     vb.set_defaults(handler=_verify_batch)
+
+    a = sub.add_parser("attack", help="attack a model on labelled data (FGSM, PGD, APGD, FAB, Square, AutoAttack)",
+                       description="Run one or more attacks (in sequence, each on the points still robust) "
+                                   "on MODEL over DATA and report clean and robust accuracy.")
+    a.add_argument("model", metavar="MODEL", help="an .onnx file or a bundled model name (digits-mlp, digits-cnn, ...)")
+    a.add_argument("--data", required=True, metavar="DATA",
+                   help="an .npz with x and y, a CSV of label + pixels 0-255 (with --shape), or a bundled "
+                        "data set name (digits)")
+    a.add_argument("--attack", required=True, metavar="NAME",
+                   help="fgsm, pgd, apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square, autoattack, "
+                        "autoattack-plus, autoattack-rand, autoattack-fast; a comma-separated list runs in sequence")
+    a.add_argument("--eps", required=True, type=float, metavar="E", help="radius of the Lp ball (>= 0)")
+    a.add_argument("--norm", default="inf", choices=["inf", "2", "1"], help="default: inf")
+    a.add_argument("--steps", type=int, default=None, metavar="N", help="iterations (Square: queries); default: the attack's")
+    a.add_argument("--step-size", type=float, default=None, metavar="A", help="absolute step size (PGD)")
+    a.add_argument("--restarts", type=int, default=None, metavar="R", help="random restarts")
+    a.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
+    a.add_argument("--n", type=int, default=None, metavar="N", help="only the first N points")
+    a.add_argument("--targeted", action="store_true",
+                   help="targeted: each point's target is a random other class (seeded by --seed)")
+    a.add_argument("--shape", default=None, metavar="D,D,...",
+                   help="sample shape of CSV data as stored, e.g. 28,28 or 32,32,3 (channels-last is transposed)")
+    a.add_argument("--domain", nargs=2, type=float, default=(0.0, 1.0), metavar=("LO", "HI"),
+                   help="input domain (default: 0 1)")
+    a.add_argument("--batch-size", type=int, default=256, metavar="B", help="points per batch (default: 256)")
+    a.add_argument("--state", default=None, metavar="STATE.npz",
+                   help="keep a resumable state here; rerun the same command to continue an interrupted run")
+    a.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the JSON record to OUT")
+    a.add_argument("--save-adv", default=None, metavar="ADV.npz", help="write x_adv and y to ADV.npz")
+    a.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
+    a.set_defaults(handler=_attack)
     return parser
 
 
@@ -127,6 +159,22 @@ def _verify_batch(args: argparse.Namespace) -> int:
     return command(BatchConfig(instances=args.instances, root=args.root, out=args.out,
                                workers=args.workers, ray=args.ray, resume=args.resume,
                                timeout_scale=args.timeout_scale, progress=args.progress))
+
+
+def _attack(args: argparse.Namespace) -> int:
+    from perturbkit.cli.attack_cmd import AttackCmdConfig, command
+
+    shape = None
+    if args.shape:
+        try:
+            shape = tuple(int(v) for v in args.shape.split(","))
+        except ValueError:
+            raise UsageError(f"--shape must be comma-separated sizes, got {args.shape!r}") from None
+    return command(AttackCmdConfig(model=args.model, data=args.data, attack=args.attack, eps=args.eps, norm=args.norm,
+                                   steps=args.steps, step_size=args.step_size, restarts=args.restarts,
+                                   seed=args.seed, n=args.n, targeted=args.targeted, json_out=args.json_out,
+                                   save_adv=args.save_adv, shape=shape, domain=tuple(args.domain),
+                                   batch_size=args.batch_size, state=args.state, progress=args.progress))
 
 
 def _exit_if_stranded(code: int) -> None:
@@ -162,7 +210,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return int(exc.code or 0)
         handler: Optional[Callable[[argparse.Namespace], int]] = getattr(args, "handler", None)
         if handler is None:
-            return _fail(f"missing command: choose bounds, demo, verify or verify-batch (see '{PROG} --help')", 2)
+            return _fail(f"missing command: choose bounds, demo, verify, verify-batch or attack (see '{PROG} --help')", 2)
         code = handler(args)
         if argv is None:
             _exit_if_stranded(code)
