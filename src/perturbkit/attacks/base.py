@@ -15,7 +15,7 @@ and AutoAttack's checks):
    probabilities (softmax) instead of logits, randomised outputs (two evaluations differ),
    points whose input gradient is zero or NaN;
 4. attacks only the points not already misclassified (or at their target);
-5. projects the result onto the threat model (``clip(x + P_ball(x_adv - x))``: inside the
+5. replaces non-finite candidates by the clean point, projects the result onto the threat model (``clip(x + P_ball(x_adv - x))``: inside the
    ball *and* the domain, because clipping to a box containing ``x`` never increases any
    Lp norm of the perturbation) and re-evaluates success on the projected points.
 
@@ -109,8 +109,8 @@ class ThreatModel:
         return lp_norm(x_adv - x, self.p)
 
     def contains(self, x: Tensor, x_adv: Tensor, tol: float = 1e-6) -> Tensor:
-        """(B,) True where ``x_adv`` is allowed (within ``tol``)."""
-        ok = self.distance(x, x_adv) <= self.eps + tol
+        """(B,) True where ``x_adv`` is allowed (within ``tol``, relative to eps when eps > 1)."""
+        ok = self.distance(x, x_adv) <= self.eps + tol * max(1.0, self.eps)
         if self.domain is not None:
             flat = x_adv.reshape(x_adv.shape[0], -1)
             ok &= ((flat >= self.domain[0] - tol) & (flat <= self.domain[1] + tol)).all(1)
@@ -231,8 +231,9 @@ class AttackResult:
         return [k for k, v in self.flags.items() if v]
 
 
-def sanity_flags(f: Classifier, x: Tensor, y: Tensor, logits: Tensor) -> dict[str, int]:
-    """Checks on the clean batch; each value counts the points concerned."""
+def sanity_flags(f: Classifier, x: Tensor, y: Tensor, logits: Tensor, *, gradients: bool = True) -> dict[str, int]:
+    """Checks on the clean batch; each value counts the points concerned.  ``gradients``
+    False (black-box attacks) skips the gradient checks: the model need not be differentiable."""
     flags = {"nan_outputs": int((~torch.isfinite(logits)).any(1).sum())}
     probs_like = ((logits >= 0) & (logits <= 1)).all(1) & ((logits.sum(1) - 1).abs() < 1e-4)
     flags["softmax_outputs"] = int(probs_like.sum()) if bool(probs_like.all()) and logits.shape[1] > 1 else 0
@@ -241,6 +242,9 @@ def sanity_flags(f: Classifier, x: Tensor, y: Tensor, logits: Tensor) -> dict[st
     scale = logits.abs().amax(1).clamp_min(1.0)
     diff = ((again - logits).abs().amax(1) / scale) > 1e-5
     flags["randomized"] = int((diff & torch.isfinite(logits).all(1)).sum())
+    if not gradients:
+        flags["zero_gradients"] = flags["nan_gradients"] = 0
+        return flags
     xg = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         z = f(xg)
@@ -304,14 +308,16 @@ class Attack:
                 if v is not None and bool(((v < 0) | (v >= C)).any()):
                     bad = int(v[(v < 0) | (v >= C)][0])
                     raise InputError(f"{what} {bad} out of range for a model with {C} outputs")
-            flags = sanity_flags(f, x, y, z0)
+            flags = sanity_flags(f, x, y, z0, gradients=self.white_box)
             clean = fooled(z0, y, target)
             x_adv = x.clone()
             todo = torch.nonzero(~clean).flatten()
             if todo.numel():
                 t_sub = None if target is None else target[todo]
-                cand = self.perturb(f, x[todo], y[todo], t_sub, gen)
-                x_adv[todo] = self.threat.project(x[todo], cand.detach().to(x.dtype))
+                cand = self.perturb(f, x[todo], y[todo], t_sub, gen).detach().to(x.dtype)
+                bad = ~torch.isfinite(cand.reshape(cand.shape[0], -1)).all(1)  # NaN/inf: keep the clean point
+                cand[bad] = x[todo][bad]
+                x_adv[todo] = self.threat.project(x[todo], cand)
             with torch.no_grad():
                 z = f(x_adv)
         success = fooled(z, y, target) | clean
