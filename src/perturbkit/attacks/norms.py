@@ -29,7 +29,7 @@ def _flat(t: Tensor) -> Tensor:
 def _col(eps: Radius, like: Tensor) -> Tensor:
     """eps as a (B, 1) tensor broadcastable against (B, n)."""
     if isinstance(eps, Tensor):
-        return eps.to(like.dtype).reshape(-1, 1)
+        return eps.to(dtype=like.dtype, device=like.device).reshape(-1, 1)
     return torch.full((1, 1), float(eps), dtype=like.dtype, device=like.device)
 
 

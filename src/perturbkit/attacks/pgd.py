@@ -98,7 +98,12 @@ class PGD(Attack):
             xa = x0 + random_in_ball(x0, tm.eps, tm.p, generator) if self.random_start else x0.clone()
             xa = tm.project(x0, xa)
             for step in range(self.steps + 1):
-                z, l, g = run_loss(f, self.loss, xa, y0, t0)
+                if step < self.steps:
+                    z, l, g = run_loss(f, self.loss, xa, y0, t0)
+                else:  # the last iterate is only evaluated: no gradient needed
+                    with torch.no_grad():
+                        z = f(xa)
+                        l = self.loss(z, y0, t0)
                 hit = fooled(z, y0, t0)
                 # best iterate: the first fooling one, else the largest loss so far
                 better = hit | (l > best_loss[idx])
