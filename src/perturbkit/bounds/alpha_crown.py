@@ -60,7 +60,7 @@ class AlphaConfig:
     lower_only: bool = False
 
 
-class _Adam:
+class Adam:
     """Adam (Kingma & Ba 2015) on a list of tensors; written out to keep torch.optim (and
     its import cost) out of the bound computation."""
 
@@ -172,7 +172,7 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
             else:
                 alphas[name] = _init_alphas(ctx, name, units[name].shape[1], warm)
         alphas[g.output_name] = _init_alphas(ctx, g.output_name, rows_out, (warm_start or {}).get(g.output_name))
-        opt: Optional[_Adam] = None
+        opt: Optional[Adam] = None
         try:
             for it in range(config.iterations):
                 ctx.intervals = dict(ref)
@@ -200,7 +200,7 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
                               for d in alphas.values() for name in d}
                     if not params:
                         break
-                    opt = _Adam(params, config.lr)
+                    opt = Adam(params, config.lr)
                 with torch.no_grad():
                     best = torch.maximum(best, r)
                     total = float(r.sum())

@@ -49,9 +49,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from perturbkit.bounds.alpha_crown import AlphaConfig, alpha_crown
+from perturbkit.bounds.alpha_crown import Adam
 from perturbkit.bounds.crown import intermediate_bounds, spec_rows
-from perturbkit.bounds.engine import backward, linear_bounds_pairs, make_context
+from perturbkit.bounds.engine import Context, backward, linear_bounds_pairs, make_context
 from perturbkit.graph.network import Network
 from perturbkit.ops.base import Interval
 from perturbkit.sets.box import Box
@@ -68,11 +68,9 @@ class BabConfig:
 
     Attributes:
         batch: sub-boxes per bound call.
-        alpha_iterations: also bound the boxes CROWN leaves open by alpha-CROWN with this
-            many iterates of the output layer's slopes (0: off, the default).  Measured on
-            ACAS Xu (docs/benchmarks.md): 5 iterates cut 1_1/prop_5 from 71k to 2.6k boxes
-            (11.9 s -> 4.2 s) but cost 1.5-2.5x more time on instances where few boxes
-            change verdict (2_9/prop_1, 2_7/prop_1, 1_1/prop_2), so it is opt-in.
+        alpha_iterations: also bound the sub-problems CROWN leaves open by alpha-CROWN on
+            the output rows, with this many Adam steps on the lower ReLU slopes, reusing the
+            intermediate bounds already computed (:func:`_final_alpha`; 0: off).
         pgd_boxes, pgd_every, pgd_steps: every ``pgd_every`` batches, PGD (``pgd_steps``
             steps) in the ``pgd_boxes`` open sub-boxes whose centres are closest to
             satisfying a clause.
@@ -215,14 +213,10 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
         cut = bool((bx.used > 0).any())
         split_any = bool(bx.signs.any())
         if config.alpha_iterations:  # a second, optimised bound for the boxes CROWN left open
-            unproved = clause_max(lb - d, owner, n_clauses).le(0).any(1) & ~empty
-            if bool(unproved.any()) and not cut and not split_any:
+            unproved = clause_max(torch.maximum(lb - d, bx.best), owner, n_clauses).le(0).any(1) & ~empty
+            if bool(unproved.any()):
                 sel = torch.nonzero(unproved).flatten()
-                M = sel.numel()
-                sub = make_context(net, Box(bx.lo[sel].reshape(M, *sample_shape), bx.hi[sel].reshape(M, *sample_shape)))
-                la, _, _ = alpha_crown(sub, C.unsqueeze(0).expand(M, R, -1), AlphaConfig(
-                    iterations=config.alpha_iterations, optimize_intermediate=False, lower_only=True))
-                lb[sel] = torch.maximum(lb[sel], la.detach())
+                lb[sel] = torch.maximum(lb[sel], _final_alpha(ctx, neurons, sel, C, config.alpha_iterations))
         out.boxes += N
         out.batches += 1
         # > 0: the row never holds; a sub-problem inherits its ancestors' bounds (its set is smaller)
@@ -317,6 +311,43 @@ def bound_boxes(net: Network, neurons: _Neurons, bx: _Boxes, C: Tensor, *, recor
     if A is None:
         A = torch.zeros(N, 2 * R, net.n_inputs, dtype=dt)
     return ctx, r[:, :R], A[:, :R], empty
+
+
+def _final_alpha(ctx, neurons: _Neurons, sel: Tensor, C: Tensor, iterations: int) -> Tensor:
+    """alpha-CROWN on the output rows only, for batch entries ``sel``, with the intermediate
+    bounds already in ``ctx`` (no recomputation): the lower slopes of every unstable ReLU,
+    one set per row, start at CROWN's adaptive choice and follow Adam (lr 0.5) within
+    [0, 1] for ``iterations`` steps.  Every iterate is a valid bound; the best per row is
+    returned (M, R)."""
+
+    M = sel.numel()
+    R = C.shape[0]
+    net = ctx.net
+    sub = Context(net=net, consts=ctx.consts, batch=M, input_set=ctx.input_set.index(sel), dtype=ctx.dtype,
+                  device=ctx.device, position=ctx.position, consumer_count=ctx.consumer_count, use_patches=False)
+    sub.intervals = {v: Interval(x.lo[sel], x.hi[sel]) for v, x in ctx.intervals.items()}
+    sub.const_parts = ctx.const_parts
+    A = C.unsqueeze(0).expand(M, R, -1).reshape(M, R, *net.graph.output_shape)
+    alphas = {}
+    for node, sh in zip(neurons.nodes, neurons.shapes):
+        itv = sub.intervals[node.inputs[0]]
+        start = (itv.hi > -itv.lo).to(ctx.dtype).reshape(M, 1, *sh).expand(M, R, *sh)
+        alphas[node.name] = start.clone().requires_grad_(True)
+    with torch.no_grad():
+        best = backward(sub, net.graph.output_name, A)
+    opt = Adam(list(alphas.values()), lr=0.5)
+    with torch.enable_grad():
+        for _ in range(iterations):
+            r = backward(sub, net.graph.output_name, A, alphas=alphas)
+            best = torch.maximum(best, r.detach())
+            grads = torch.autograd.grad(-r.sum(), list(alphas.values()))
+            with torch.no_grad():
+                opt.step(grads)
+                for a in alphas.values():
+                    a.clamp_(0.0, 1.0)
+    with torch.no_grad():
+        best = torch.maximum(best, backward(sub, net.graph.output_name, A, alphas=alphas))
+    return best
 
 
 def _per_box(per_box: Optional[float], t_batch: float, N: int) -> float:
