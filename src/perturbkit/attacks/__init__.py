@@ -8,7 +8,19 @@ Every attack is a subclass of :class:`~perturbkit.attacks.base.Attack`, whose ``
 validates inputs, uses eval mode, records sanity flags, projects the result onto the threat
 model and re-evaluates success.
 """
+from perturbkit.attacks.activation import ActivationAttack, ActivationResult, ControlResult
+from perturbkit.attacks.apgd import APGD
+from perturbkit.attacks.autoattack import AutoAttack
 from perturbkit.attacks.base import Attack, AttackResult, Classifier, ThreatModel
+from perturbkit.attacks.fab import FAB
+from perturbkit.attacks.patch import PatchAttack, PatchResult
 from perturbkit.attacks.pgd import FGSM, PGD
+from perturbkit.attacks.regression import OutputAttack, RegressionResult
+from perturbkit.attacks.square import Square
+from perturbkit.attacks.topk import OrderedTopK
 
-__all__ = ["Attack", "AttackResult", "Classifier", "ThreatModel", "FGSM", "PGD"]
+__all__ = [
+    "APGD", "ActivationAttack", "ActivationResult", "Attack", "AttackResult", "AutoAttack", "Classifier",
+    "ControlResult", "FAB", "FGSM", "OrderedTopK", "OutputAttack", "PGD", "PatchAttack", "PatchResult",
+    "RegressionResult", "Square", "ThreatModel",
+]

@@ -32,7 +32,7 @@ from typing import Any, Callable, ClassVar, Iterator, Optional, Union
 import numpy as np
 import torch
 
-from perturbkit.attacks.losses import ce, fooled
+from perturbkit.attacks.losses import fooled, margin
 from perturbkit.attacks.norms import lp_norm, project_ball
 from perturbkit.errors import InputError, ModelError
 
@@ -249,7 +249,9 @@ def sanity_flags(f: Classifier, x: Tensor, y: Tensor, logits: Tensor, *, gradien
     with torch.enable_grad():
         z = f(xg)
         if z.requires_grad:
-            (g,) = torch.autograd.grad(ce(z, y).sum(), xg, allow_unused=True)
+            # the margin's gradient, not cross-entropy's: CE saturates to an exact 0 in float32 on
+            # confidently classified points, which would look like gradient masking
+            (g,) = torch.autograd.grad(margin(z, y).sum(), xg, allow_unused=True)
         else:
             g = None
     if g is None:

@@ -256,7 +256,7 @@ def _run_batch(f: Classifier, stages: list[Attack], threat: ThreatModel, x: Tens
             failed_grad[idx[~res.success]] = True
         x_adv[new] = res.x_adv[hit]
         pred_adv[new] = res.logits[hit].argmax(1)
-        too_far = res.norms[hit] > threat.eps + 1e-5
+        too_far = res.norms[hit] > threat.eps + 1e-5 * max(1.0, threat.eps)  # float32 rounding of the norm
         _count(meta, "norm_exceeds_eps", int(too_far.sum()))
         for j, i in enumerate(new.tolist()):
             broken_by[i] = att.name

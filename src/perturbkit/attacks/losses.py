@@ -32,7 +32,15 @@ def ce(z: Tensor, y: Tensor, target: Optional[Tensor] = None) -> Tensor:
     return -F.cross_entropy(z, target, reduction="none")
 
 
+def _need_classes(z: Tensor, k: int, what: str) -> None:
+    if z.shape[1] < k:
+        from perturbkit.errors import InputError
+
+        raise InputError(f"the {what} loss needs at least {k} classes, the model has {z.shape[1]}")
+
+
 def dlr(z: Tensor, y: Tensor, target: Optional[Tensor] = None) -> Tensor:
+    _need_classes(z, 3, "DLR")
     if target is not None:
         return dlr_targeted(z, y, target)
     s = z.sort(1, descending=True).values
@@ -41,6 +49,7 @@ def dlr(z: Tensor, y: Tensor, target: Optional[Tensor] = None) -> Tensor:
 
 
 def dlr_targeted(z: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    _need_classes(z, 4, "targeted DLR")
     s = z.sort(1, descending=True).values
     zy = z.gather(1, y[:, None]).squeeze(1)
     zt = z.gather(1, target[:, None]).squeeze(1)
