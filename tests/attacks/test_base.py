@@ -160,3 +160,16 @@ def test_normalisation_is_inside_the_model():
     r = FGSM(t)(m, x, y)
     assert torch.allclose(r.logits, m((x - 0.5) / 0.25), atol=1e-6)
     assert np.isclose(float(r.norms.max()), 0.0)
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_pgd_random_start_radius(p):
+    """Linf: uniform in the box; L2/L1: radius uniform in [0, eps] (mean eps / 2)."""
+    from perturbkit.attacks.norms import random_start
+
+    x = torch.zeros(4000, 64, dtype=torch.float64)
+    r = lp_norm(random_start(x, 0.5, p, torch.Generator().manual_seed(0)), p)
+    assert bool((r <= 0.5 + 1e-12).all())
+    if p != math.inf:
+        assert float(r.mean()) == pytest.approx(0.25, abs=0.02)
+        assert float((r < 0.1).float().mean()) == pytest.approx(0.2, abs=0.03)

@@ -231,12 +231,20 @@ class AttackResult:
         return [k for k, v in self.flags.items() if v]
 
 
+#: the randomness and gradient checks look at this many points of a batch (they cost extra
+#: model evaluations; a flawed model shows on a few points)
+SANITY_POINTS = 16
+
+
 def sanity_flags(f: Classifier, x: Tensor, y: Tensor, logits: Tensor, *, gradients: bool = True) -> dict[str, int]:
-    """Checks on the clean batch; each value counts the points concerned.  ``gradients``
-    False (black-box attacks) skips the gradient checks: the model need not be differentiable."""
+    """Checks on the clean batch; each value counts the points concerned.  NaN and softmax
+    outputs are checked on every point, randomness and gradients on the first
+    :data:`SANITY_POINTS`.  ``gradients`` False (black-box attacks) skips the gradient checks:
+    the model need not be differentiable."""
     flags = {"nan_outputs": int((~torch.isfinite(logits)).any(1).sum())}
     probs_like = ((logits >= 0) & (logits <= 1)).all(1) & ((logits.sum(1) - 1).abs() < 1e-4)
     flags["softmax_outputs"] = int(probs_like.sum()) if bool(probs_like.all()) and logits.shape[1] > 1 else 0
+    x, y, logits = x[:SANITY_POINTS], y[:SANITY_POINTS], logits[:SANITY_POINTS]
     with torch.no_grad():
         again = f(x)
     scale = logits.abs().amax(1).clamp_min(1.0)

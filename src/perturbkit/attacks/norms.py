@@ -100,6 +100,21 @@ def random_in_ball(like: Tensor, eps: Radius, p: float, generator: Optional[torc
     return out.reshape(like.shape)
 
 
+def random_start(like: Tensor, eps: Radius, p: float, generator: Optional[torch.Generator] = None) -> Tensor:
+    """PGD's random start: uniform in the Linf box; for L2 and L1 a uniformly random
+    direction with a radius uniform in [0, eps].  (Uniform in the L2/L1 ball would put
+    almost every start near the sphere in high dimension, e.g. at 0.98 eps in 64
+    dimensions, which measurably weakens L2 PGD; torchattacks and AdverTorch draw the
+    radius uniformly too.)"""
+    if p == math.inf:
+        return random_in_ball(like, eps, p, generator)
+    B = like.shape[0]
+    d = random_in_ball(like, 1.0, p, generator).reshape(B, -1)
+    unit = d / lp_norm(d, p).clamp_min(1e-30).unsqueeze(1)
+    r = torch.rand((B, 1), generator=generator, dtype=like.dtype).to(like.device) * _col(eps, d)
+    return (unit * r).reshape(like.shape)
+
+
 def steepest_direction(grad: Tensor, p: float, *, x: Optional[Tensor] = None,
                        domain: Optional[tuple[float, float]] = None, l1_fraction: float = 0.01) -> Tensor:
     """The unit-norm (in ``p``) direction of steepest ascent of a linear function ``grad``.

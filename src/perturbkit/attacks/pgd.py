@@ -9,7 +9,7 @@ steps``, Madry et al.'s choice) from a uniformly random start in the ball, ``res
 times.  Steepest ascent is ``sign(g)`` for Linf, ``g / ||g||_2`` for L2, and a sparse step
 over the top ``l1_fraction`` of coordinates for L1 (:func:`.norms.steepest_direction`).
 
-Two things torchattacks' PGD does not do, and that make ours at least as strong and faster:
+Two things torchattacks' PGD does not do (measured against it in bench/attacks_vs_torchattacks.py):
 
 * **per-point early stopping**: the success of every iterate is read from the logits the
   next gradient step computes anyway; a point fooled once keeps that iterate and leaves the
@@ -26,7 +26,7 @@ import torch
 
 from perturbkit.attacks.base import Attack, Classifier, ThreatModel, run_loss
 from perturbkit.attacks.losses import fooled, loss_fn
-from perturbkit.attacks.norms import random_in_ball, steepest_direction
+from perturbkit.attacks.norms import random_start, steepest_direction
 from perturbkit.errors import InputError
 
 Tensor = torch.Tensor
@@ -87,16 +87,18 @@ class PGD(Attack):
         tm = self.threat
         B = x.shape[0]
         best = x.clone()
-        best_loss = torch.full((B,), -math.inf, dtype=x.dtype, device=x.device)
         done = torch.zeros(B, dtype=torch.bool, device=x.device)
+        best_loss = torch.full((B,), -math.inf, dtype=x.dtype, device=x.device)
         for _ in range(self.restarts):
             idx = torch.nonzero(~done).flatten()
             if not idx.numel():
                 break
             x0, y0 = x[idx], y[idx]
             t0 = None if target is None else target[idx]
-            xa = x0 + random_in_ball(x0, tm.eps, tm.p, generator) if self.random_start else x0.clone()
+            xa = x0 + random_start(x0, tm.eps, tm.p, generator) if self.random_start else x0.clone()
             xa = tm.project(x0, xa)
+            # the active points' best iterate and loss (written back when points leave)
+            kb, kl = best[idx], best_loss[idx]
             for step in range(self.steps + 1):
                 if step < self.steps:
                     z, l, g = run_loss(f, self.loss, xa, y0, t0)
@@ -105,16 +107,23 @@ class PGD(Attack):
                         z = f(xa)
                         l = self.loss(z, y0, t0)
                 hit = fooled(z, y0, t0)
-                # best iterate: the first fooling one, else the largest loss so far
-                better = hit | (l > best_loss[idx])
-                best[idx[better]] = xa[better].detach()
-                best_loss[idx[better]] = torch.where(hit[better], torch.full_like(l[better], math.inf), l[better])
-                done[idx[hit]] = True
-                keep = ~hit
-                if step == self.steps or not bool(keep.any()):
+                better = hit | (l > kl)
+                view = (-1,) + (1,) * (xa.dim() - 1)
+                kb = torch.where(better.view(view), xa.detach(), kb)
+                kl = torch.where(hit, torch.full_like(l, math.inf), torch.maximum(kl, l))
+                if step == self.steps:
                     break
-                idx, x0, y0, xa, g = idx[keep], x0[keep], y0[keep], xa[keep], g[keep]
-                t0 = None if t0 is None else t0[keep]
+                if bool(hit.any()):  # a point fooled once is done: it leaves the batch
+                    best[idx[hit]], best_loss[idx[hit]] = kb[hit], kl[hit]
+                    done[idx[hit]] = True
+                    keep = ~hit
+                    if not bool(keep.any()):
+                        break
+                    idx, x0, y0, xa, g, kb, kl = idx[keep], x0[keep], y0[keep], xa[keep], g[keep], kb[keep], kl[keep]
+                    t0 = None if t0 is None else t0[keep]
                 d = steepest_direction(g, tm.p, x=xa, domain=tm.domain, l1_fraction=self.l1_fraction)
                 xa = tm.project(x0, xa.detach() + self.step_size * d)
+            if idx.numel():
+                best[idx], best_loss[idx] = kb, kl
+                done[idx] |= torch.isinf(kl) & (kl > 0)
         return best

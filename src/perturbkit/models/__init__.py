@@ -1,7 +1,8 @@
 """The bundled models: small digit classifiers shipped with perturbkit.
 
-``bundled_path("digits-mlp")`` and ``bundled_path("digits-cnn")`` give the ONNX files;
-``load_digits_test()`` gives the held-out test images they were evaluated on.  See
+``bundled_path("digits-mlp")``, ``bundled_path("digits-cnn")`` and
+``bundled_path("digits-cnn-adv")`` (PGD adversarially trained at Linf eps 0.2) give the ONNX
+files; ``load_digits_test()`` gives the held-out test images they were evaluated on.  See
 ``models/README.md`` (next to this file) for how they were trained.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ _HERE = Path(__file__).resolve().parent
 BUNDLED: Mapping[str, str] = MappingProxyType({
     "digits-mlp": "digits_mlp.onnx",
     "digits-cnn": "digits_cnn.onnx",
+    "digits-cnn-adv": "digits_cnn_adv.onnx",
 })
 
 
@@ -27,7 +29,7 @@ def bundled_names() -> list[str]:
 
 
 def bundled_path(name: str) -> Path:
-    """Path of the bundled model ``name`` (``digits-mlp`` or ``digits-cnn``)."""
+    """Path of the bundled model ``name`` (``digits-mlp``, ``digits-cnn`` or ``digits-cnn-adv``)."""
     try:
         return _HERE / BUNDLED[name]
     except KeyError:
