@@ -97,6 +97,8 @@ class PGD(Attack):
             t0 = None if target is None else target[idx]
             xa = x0 + random_start(x0, tm.eps, tm.p, generator) if self.random_start else x0.clone()
             xa = tm.project(x0, xa)
+            box = self._linf_box(x0)  # Linf: the projection is one clamp into these bounds
+            view = (-1,) + (1,) * (x0.dim() - 1)
             # the active points' best iterate and loss (written back when points leave)
             kb, kl = best[idx], best_loss[idx]
             for step in range(self.steps + 1):
@@ -107,23 +109,35 @@ class PGD(Attack):
                         z = f(xa)
                         l = self.loss(z, y0, t0)
                 hit = fooled(z, y0, t0)
-                better = hit | (l > kl)
-                view = (-1,) + (1,) * (xa.dim() - 1)
-                kb = torch.where(better.view(view), xa.detach(), kb)
-                kl = torch.where(hit, torch.full_like(l, math.inf), torch.maximum(kl, l))
-                if step == self.steps:
-                    break
+                kb = torch.where((l > kl).view(view), xa, kb)
+                kl = torch.maximum(kl, l)
                 if bool(hit.any()):  # a point fooled once is done: it leaves the batch
+                    kb[hit], kl[hit] = xa[hit], math.inf
                     best[idx[hit]], best_loss[idx[hit]] = kb[hit], kl[hit]
                     done[idx[hit]] = True
                     keep = ~hit
-                    if not bool(keep.any()):
-                        break
                     idx, x0, y0, xa, g, kb, kl = idx[keep], x0[keep], y0[keep], xa[keep], g[keep], kb[keep], kl[keep]
                     t0 = None if t0 is None else t0[keep]
-                d = steepest_direction(g, tm.p, x=xa, domain=tm.domain, l1_fraction=self.l1_fraction)
-                xa = tm.project(x0, xa.detach() + self.step_size * d)
+                    box = None if box is None else (box[0][keep], box[1][keep])
+                    if not idx.numel():
+                        break
+                if step == self.steps:
+                    break
+                if box is not None:
+                    xa = torch.clamp(xa + self.step_size * g.sign(), box[0], box[1])
+                else:
+                    d = steepest_direction(g, tm.p, x=xa, domain=tm.domain, l1_fraction=self.l1_fraction)
+                    xa = tm.project(x0, xa + self.step_size * d)
             if idx.numel():
                 best[idx], best_loss[idx] = kb, kl
-                done[idx] |= torch.isinf(kl) & (kl > 0)
         return best
+
+    def _linf_box(self, x0: Tensor) -> Optional[tuple[Tensor, Tensor]]:
+        """For Linf: per-coordinate bounds of the threat model around ``x0`` (ball ∩ domain)."""
+        tm = self.threat
+        if tm.p != math.inf:
+            return None
+        lo, hi = x0 - tm.eps, x0 + tm.eps
+        if tm.domain is not None:
+            lo, hi = lo.clamp_min(tm.domain[0]), hi.clamp_max(tm.domain[1])
+        return lo, hi
