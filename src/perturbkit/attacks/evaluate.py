@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from perturbkit._atomic import write_npz_atomic
 from perturbkit.attacks.base import Attack, Classifier, ThreatModel, as_tensor_batch
 from perturbkit.attacks.losses import fooled
 from perturbkit.errors import InputError
@@ -102,21 +102,7 @@ def _stable(v: Any) -> str:
 
 
 def _save_state(path: Path, meta: dict, x_adv: np.ndarray) -> None:
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, x_adv=x_adv, meta=np.array(json.dumps(meta)))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_npz_atomic(path, x_adv=x_adv, meta=np.array(json.dumps(meta)))
 
 
 def _load_state(path: Path, fingerprint: str) -> Optional[tuple[dict, np.ndarray]]:

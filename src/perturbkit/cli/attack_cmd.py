@@ -14,14 +14,13 @@ after it, time), ``flags`` (sanity checks; non-zero means look closer), ``max_no
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from perturbkit._atomic import write_npz_atomic
 from perturbkit.cli.io import write_json_atomic
 from perturbkit.errors import InputError
 
@@ -129,28 +128,11 @@ def command(cfg: AttackCmdConfig) -> int:
         for r, t in zip(record["records"], targets.tolist()):
             r["target"] = int(t)
     if cfg.save_adv:
-        _save_npz_atomic(cfg.save_adv, x_adv=ev.x_adv, y=y)
+        write_npz_atomic(cfg.save_adv, x_adv=ev.x_adv, y=y)
     if cfg.json_out:
         write_json_atomic(cfg.json_out, record)
     print(format_summary(cfg, ev))
     return 0
-
-
-def _save_npz_atomic(path: str, **arrays) -> None:
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent if str(target.parent) else ".")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def format_summary(cfg: AttackCmdConfig, ev) -> str:
