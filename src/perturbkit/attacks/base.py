@@ -138,6 +138,7 @@ class Classifier:
             raise ModelError(f"cannot attack a {type(model).__name__}: give an nn.Module, a Network, an .onnx path "
                              "or a callable")
         self.model = model
+        self.chunk_rows = _chunk_rows(model)
         self.mean_t = None if mean is None else torch.as_tensor(mean, dtype=torch.float64)
         self.std_t = None if std is None else torch.as_tensor(std, dtype=torch.float64)
 
@@ -168,6 +169,23 @@ class Classifier:
                 m.train(t)
             for p, r in grads.items():
                 p.requires_grad_(r)
+
+
+#: gradient batches are cut so that the widest activation of one chunk stays around this
+#: many float values (512 KB in float32: inside a CPU's L2 cache).  Measured on the digits
+#: CNN (450 rows, 512 values per row in its widest layer): one 450-row gradient 4.65 ms,
+#: two of 225 rows 3.9 ms together; PGD-40 416 -> 306 ms.  The MLP (64 values) is not cut.
+CHUNK_VALUES = 1 << 17
+
+
+def _chunk_rows(model: Any) -> Optional[int]:
+    """Rows per gradient chunk for a perturbkit Network (its value shapes are known), else None."""
+    graph = getattr(model, "graph", None)
+    shapes = getattr(graph, "shapes", None)
+    if not shapes:
+        return None
+    widest = max(math.prod(s) for s in shapes.values())
+    return max(32, CHUNK_VALUES // max(1, widest))
 
 
 def as_tensor_batch(x: Any, y: Any, target: Any = None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
@@ -337,7 +355,21 @@ class Attack:
 
 def run_loss(f: Callable[[Tensor], Tensor], loss: Callable[..., Tensor], x: Tensor, y: Tensor,
              target: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """Logits, per-sample loss and its input gradient at ``x``: ((B, C), (B,), x.shape)."""
+    """Logits, per-sample loss and its input gradient at ``x``: ((B, C), (B,), x.shape).
+
+    Large batches are cut into equal chunks of at most ``f.chunk_rows`` rows (see
+    :data:`CHUNK_VALUES`); the per-sample results are the same."""
+    rows = getattr(f, "chunk_rows", None)
+    B = x.shape[0]
+    if rows is not None and B > rows:
+        size = -(-B // -(-B // rows))
+        parts = [_run_loss(f, loss, x[i:i + size], y[i:i + size], None if target is None else target[i:i + size])
+                 for i in range(0, B, size)]
+        return tuple(torch.cat([p[j] for p in parts]) for j in range(3))
+    return _run_loss(f, loss, x, y, target)
+
+
+def _run_loss(f, loss, x, y, target):
     xg = x.detach().requires_grad_(True)
     with torch.enable_grad():
         z = f(xg)
