@@ -1,4 +1,5 @@
-"""Entry point of the ``perturbkit`` command: ``perturbkit {bounds,demo,verify,verify-batch,attack} ...``.
+"""Entry point of the ``perturbkit`` command:
+``perturbkit {bounds,demo,verify,verify-batch,attack,topk,patch,attack-output,attack-activation} ...``.
 
 Exit codes: 0 success; 2 bad usage or bad input (one line ``perturbkit: error: ...`` on
 stderr, no traceback, no JSON written); 1 an unexpected exception (one line naming the
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Attacks (FGSM, PGD, APGD, FAB, Square, AutoAttack), provable output "
                                             "bounds (IBP, CROWN, alpha-CROWN, "
                                             "CROWN-IBP) and verification of VNN-LIB properties.")
-    sub = parser.add_subparsers(dest="command", metavar="{bounds,demo,verify,verify-batch,attack}")
+    sub = parser.add_subparsers(dest="command", metavar="{bounds,demo,verify,verify-batch,attack,topk,patch,"
+                                                        "attack-output,attack-activation}")
 
     b = sub.add_parser("bounds", help="bound a model's outputs (or label margins) over an Lp ball",
                        description="Bound the outputs of MODEL for every input within an Lp ball "
@@ -128,6 +130,112 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--save-adv", default=None, metavar="ADV.npz", help="write x_adv and y to ADV.npz")
     a.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
     a.set_defaults(handler=_attack)
+
+    t = sub.add_parser("topk", help="ordered top-K targeted attack on labelled data (random ordered targets)",
+                       description="Attack every point of DATA towards K random ordered target classes "
+                                   "(seeded; none is the label): success when the model's K highest logits are "
+                                   "the targets in order. Prints the success rate and the median perturbation "
+                                   "norm of the successful points.")
+    t.add_argument("model", metavar="MODEL", help="an .onnx file or a bundled model name (digits-mlp, digits-cnn, ...)")
+    t.add_argument("--data", required=True, metavar="DATA",
+                   help="an .npz with x and y, a CSV of label + pixels 0-255 (with --shape), or a bundled "
+                        "data set name (digits)")
+    t.add_argument("--k", required=True, type=int, metavar="K", help="ordered targets per point (1 .. classes - 1)")
+    t.add_argument("--eps", required=True, type=float, metavar="E", help="radius of the Lp ball (>= 0)")
+    t.add_argument("--norm", default="inf", choices=["inf", "2", "1"], help="default: inf")
+    t.add_argument("--method", default="quad", choices=["quad", "naive"],
+                   help="quad: QuadAttacK-style QP target (default); naive: hinge losses")
+    t.add_argument("--steps", type=int, default=100, metavar="N", help="gradient steps (default: 100)")
+    t.add_argument("--n", type=int, default=None, metavar="N", help="only the first N points")
+    t.add_argument("--seed", type=int, default=0, metavar="S", help="seeds the targets (default: 0)")
+    t.add_argument("--shape", default=None, metavar="D,D,...",
+                   help="sample shape of CSV data as stored, e.g. 28,28 or 32,32,3 (channels-last is transposed)")
+    t.add_argument("--domain", nargs=2, type=float, default=(0.0, 1.0), metavar=("LO", "HI"),
+                   help="input domain (default: 0 1)")
+    t.add_argument("--batch-size", type=int, default=256, metavar="B", help="points per batch (default: 256)")
+    t.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the JSON record to OUT")
+    t.set_defaults(handler=_topk)
+
+    pa = sub.add_parser("patch", help="universal adversarial patch under random transformations (EOT)",
+                        description="Fit one square patch for all images of DATA over random placements, "
+                                    "scales, rotations and lighting (expectation over transformation), then "
+                                    "evaluate it on the same images under fresh transformations, beside a "
+                                    "random patch. Prints the success rates.")
+    pa.add_argument("model", metavar="MODEL", help="an .onnx file or a bundled model name (digits-mlp, digits-cnn, ...)")
+    pa.add_argument("--data", required=True, metavar="DATA",
+                    help="an .npz with x and y, a CSV of label + pixels 0-255 (with --shape), or a bundled "
+                         "data set name (digits)")
+    pa.add_argument("--size", required=True, type=int, metavar="S", help="side of the patch in pixels")
+    pa.add_argument("--steps", type=int, default=100, metavar="N", help="optimisation steps (default: 100)")
+    pa.add_argument("--target", type=int, default=None, metavar="T",
+                    help="class to reach (default: untargeted, any class but the label)")
+    pa.add_argument("--eot-samples", type=int, default=16, metavar="N",
+                    help="transformations per image and step (default: 16)")
+    pa.add_argument("--n-eval", type=int, default=100, metavar="N",
+                    help="fresh transformations per image for the evaluation (default: 100)")
+    pa.add_argument("--n", type=int, default=None, metavar="N", help="only the first N images")
+    pa.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
+    pa.add_argument("--shape", default=None, metavar="D,D,...",
+                    help="sample shape of CSV data as stored, e.g. 28,28 or 32,32,3 (channels-last is transposed)")
+    pa.add_argument("--domain", nargs=2, type=float, default=(0.0, 1.0), metavar=("LO", "HI"),
+                    help="input and patch values (default: 0 1)")
+    pa.add_argument("--batch-size", type=int, default=None, metavar="B",
+                    help="images per optimisation step (default: all)")
+    pa.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the JSON record to OUT")
+    pa.add_argument("--save-patch", default=None, metavar="PATCH.npy", help="write the patch (C, S, S) to PATCH.npy")
+    pa.set_defaults(handler=_patch)
+
+    o = sub.add_parser("attack-output", help="attack real-valued outputs (regression, control): threshold or deviation",
+                       description="PGD on the outputs of MODEL within an Lp ball around each input of --input: "
+                                   "push one output (or c . y with --weights) above or below --threshold, or "
+                                   "maximise the deviation of the outputs.")
+    o.add_argument("model", metavar="MODEL", help="an .onnx file or a bundled model name")
+    o.add_argument("--input", required=True, metavar="X.npy", help="one input or a batch (B, *input_shape)")
+    o.add_argument("--eps", required=True, type=float, metavar="E", help="radius of the Lp ball (>= 0)")
+    o.add_argument("--norm", default="inf", choices=["inf", "2", "1"], help="default: inf")
+    o.add_argument("--goal", required=True, choices=["above", "below", "deviation"],
+                   help="above/below: cross --threshold; deviation: move the outputs as far as possible")
+    sel = o.add_mutually_exclusive_group()
+    sel.add_argument("--output", default=None, metavar="I",
+                     help="the output index (deviation: also I,J,...); default: the only output (above/below), "
+                          "all outputs (deviation)")
+    sel.add_argument("--weights", default=None, metavar="C,C,...",
+                     help="attack the linear functional c . y instead (one weight per output)")
+    o.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="required for above/below; for deviation the deviation that counts as success")
+    o.add_argument("--steps", type=int, default=50, metavar="N", help="gradient steps per restart (default: 50)")
+    o.add_argument("--restarts", type=int, default=1, metavar="R", help="random restarts (default: 1)")
+    o.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
+    dom = o.add_mutually_exclusive_group()
+    dom.add_argument("--domain", nargs=2, type=float, default=(0.0, 1.0), metavar=("LO", "HI"),
+                     help="input domain (default: 0 1)")
+    dom.add_argument("--no-domain", dest="domain", action="store_const", const=None,
+                     help="no input domain: the ball alone")
+    o.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the JSON record to OUT")
+    o.set_defaults(handler=_attack_output)
+
+    ac = sub.add_parser("attack-activation", help="perturb a named node's activation: target class or output control",
+                        description="Add a perturbation within an Lp budget to the value of node NAME and run the "
+                                    "rest of MODEL on it: reach --target-class, or measure with --control how "
+                                    "many outputs can be set to random targets (within --tol).")
+    ac.add_argument("model", metavar="MODEL", help="an .onnx file or a bundled model name")
+    ac.add_argument("--input", required=True, metavar="X.npy", help="one input or a batch (B, *input_shape)")
+    ac.add_argument("--node", required=True, metavar="NAME", help="the node (or its output value) to perturb")
+    ac.add_argument("--eps", required=True, type=float, metavar="E", help="radius of the budget on the activation (>= 0)")
+    ac.add_argument("--norm", default="inf", choices=["inf", "2", "1"], help="default: inf")
+    goal = ac.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--target-class", type=int, default=None, metavar="C", help="the class to reach")
+    goal.add_argument("--control", action="store_true",
+                      help="count the outputs the budget sets to random target values")
+    ac.add_argument("--steps", type=int, default=100, metavar="N", help="gradient steps per restart (default: 100)")
+    ac.add_argument("--restarts", type=int, default=1, metavar="R", help="random restarts (default: 1)")
+    ac.add_argument("--tol", type=float, default=1e-2, metavar="T",
+                    help="--control: tolerance of a target value (default: 0.01)")
+    ac.add_argument("--seed", type=int, default=0, metavar="S", help="seeds starts and targets (default: 0)")
+    ac.add_argument("--domain", nargs=2, type=float, default=None, metavar=("LO", "HI"),
+                    help="range of the perturbed activation, e.g. 0 inf after a ReLU (default: unbounded)")
+    ac.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the JSON record to OUT")
+    ac.set_defaults(handler=_attack_activation)
     return parser
 
 
@@ -177,6 +285,62 @@ def _attack(args: argparse.Namespace) -> int:
                                    batch_size=args.batch_size, state=args.state, progress=args.progress))
 
 
+def _ints(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} must be comma-separated integers, got {text!r}") from None
+
+
+def _floats(flag: str, text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+
+
+def _topk(args: argparse.Namespace) -> int:
+    from perturbkit.cli.extra_cmds import TopkCmdConfig, topk_command
+
+    shape = _ints("--shape", args.shape) if args.shape else None
+    return topk_command(TopkCmdConfig(model=args.model, data=args.data, k=args.k, eps=args.eps, norm=args.norm,
+                                      method=args.method, steps=args.steps, n=args.n, seed=args.seed, shape=shape,
+                                      domain=tuple(args.domain), batch_size=args.batch_size,
+                                      json_out=args.json_out))
+
+
+def _patch(args: argparse.Namespace) -> int:
+    from perturbkit.cli.extra_cmds import PatchCmdConfig, patch_command
+
+    shape = _ints("--shape", args.shape) if args.shape else None
+    return patch_command(PatchCmdConfig(model=args.model, data=args.data, size=args.size, steps=args.steps,
+                                        target=args.target, eot_samples=args.eot_samples, n_eval=args.n_eval,
+                                        n=args.n, seed=args.seed, shape=shape, domain=tuple(args.domain),
+                                        batch_size=args.batch_size, json_out=args.json_out,
+                                        save_patch=args.save_patch))
+
+
+def _attack_output(args: argparse.Namespace) -> int:
+    from perturbkit.cli.extra_cmds import OutputCmdConfig, output_command
+
+    return output_command(OutputCmdConfig(
+        model=args.model, input=args.input, eps=args.eps, goal=args.goal, norm=args.norm,
+        output=_ints("--output", args.output) if args.output is not None else None,
+        weights=_floats("--weights", args.weights) if args.weights is not None else None,
+        threshold=args.threshold, steps=args.steps, restarts=args.restarts, seed=args.seed,
+        domain=tuple(args.domain) if args.domain is not None else None, json_out=args.json_out))
+
+
+def _attack_activation(args: argparse.Namespace) -> int:
+    from perturbkit.cli.extra_cmds import ActivationCmdConfig, activation_command
+
+    return activation_command(ActivationCmdConfig(
+        model=args.model, input=args.input, node=args.node, eps=args.eps, norm=args.norm,
+        target_class=args.target_class, control=args.control, steps=args.steps, restarts=args.restarts,
+        tol=args.tol, seed=args.seed, domain=tuple(args.domain) if args.domain is not None else None,
+        json_out=args.json_out))
+
+
 def _exit_if_stranded(code: int) -> None:
     """End the program now if a verifier thread was abandoned at its deadline (see
     :func:`perturbkit.verify.instance.verify_with_deadline`): letting the interpreter shut
@@ -210,7 +374,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return int(exc.code or 0)
         handler: Optional[Callable[[argparse.Namespace], int]] = getattr(args, "handler", None)
         if handler is None:
-            return _fail(f"missing command: choose bounds, demo, verify, verify-batch or attack (see '{PROG} --help')", 2)
+            return _fail(f"missing command: choose bounds, demo, verify, verify-batch, attack, topk, patch, attack-output or "
+                         f"attack-activation (see '{PROG} --help')", 2)
         code = handler(args)
         if argv is None:
             _exit_if_stranded(code)
