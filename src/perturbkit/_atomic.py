@@ -44,3 +44,10 @@ def write_npz_atomic(path: str | os.PathLike, **arrays) -> None:
     import numpy as np
 
     _write_atomic(path, lambda fh: np.savez(fh, **arrays))
+
+
+def write_npy_atomic(path: str | os.PathLike, array) -> None:
+    """``numpy.save`` to ``path`` atomically (see :func:`write_text_atomic`)."""
+    import numpy as np
+
+    _write_atomic(path, lambda fh: np.save(fh, array))

@@ -300,7 +300,7 @@ def _floats(flag: str, text: str) -> tuple[float, ...]:
 
 
 def _topk(args: argparse.Namespace) -> int:
-    from perturbkit.cli.extra_cmds import TopkCmdConfig, topk_command
+    from perturbkit.cli.topk_cmd import TopkCmdConfig, topk_command
 
     shape = _ints("--shape", args.shape) if args.shape else None
     return topk_command(TopkCmdConfig(model=args.model, data=args.data, k=args.k, eps=args.eps, norm=args.norm,
@@ -310,7 +310,7 @@ def _topk(args: argparse.Namespace) -> int:
 
 
 def _patch(args: argparse.Namespace) -> int:
-    from perturbkit.cli.extra_cmds import PatchCmdConfig, patch_command
+    from perturbkit.cli.patch_cmd import PatchCmdConfig, patch_command
 
     shape = _ints("--shape", args.shape) if args.shape else None
     return patch_command(PatchCmdConfig(model=args.model, data=args.data, size=args.size, steps=args.steps,
@@ -321,7 +321,7 @@ def _patch(args: argparse.Namespace) -> int:
 
 
 def _attack_output(args: argparse.Namespace) -> int:
-    from perturbkit.cli.extra_cmds import OutputCmdConfig, output_command
+    from perturbkit.cli.output_cmd import OutputCmdConfig, output_command
 
     return output_command(OutputCmdConfig(
         model=args.model, input=args.input, eps=args.eps, goal=args.goal, norm=args.norm,
@@ -332,7 +332,7 @@ def _attack_output(args: argparse.Namespace) -> int:
 
 
 def _attack_activation(args: argparse.Namespace) -> int:
-    from perturbkit.cli.extra_cmds import ActivationCmdConfig, activation_command
+    from perturbkit.cli.activation_cmd import ActivationCmdConfig, activation_command
 
     return activation_command(ActivationCmdConfig(
         model=args.model, input=args.input, node=args.node, eps=args.eps, norm=args.norm,
