@@ -13,7 +13,8 @@ import torch.nn as nn
 
 import perturbkit
 from perturbkit.attacks.base import ThreatModel
-from perturbkit.attacks.regression import OutputAttack, pgd_maximise
+from perturbkit.attacks.regression import OutputAttack
+from perturbkit.attacks.search import pgd_maximise
 from perturbkit.errors import InputError
 
 DUAL = {"inf": 1.0, 2: 2.0, 1: math.inf}
