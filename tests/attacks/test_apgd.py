@@ -257,3 +257,39 @@ def test_dlr_needs_three_classes():
     y = model(x).argmax(1)
     with pytest.raises(InputError, match="classes"):
         APGD(ThreatModel(eps=0.1), loss="dlr", steps=2)(model, x, y)
+
+
+# ---------------------------------------------------------------- runs batched together (CPU)
+def _linear5(x):
+    torch.manual_seed(3)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(16, 5)).eval()
+    y = lin(x).argmax(1)
+    return lin, y
+
+
+def test_target_runs_batched_break_the_same_points(monkeypatch):
+    """On a linear model APGD-T's outcome does not depend on the random start (one step of
+    2 eps reaches the corner of the box that is best for the target), so batching the runs of
+    the targets together (few points, on the CPU) breaks exactly the points that the runs one
+    after the other break."""
+    import perturbkit.attacks.apgd as apgd_mod
+
+    x = torch.rand(40, 16, generator=torch.Generator().manual_seed(0))
+    lin, y = _linear5(x)
+    t = ThreatModel(eps=0.08)
+    batched = APGD(t, targeted=True, n_target_classes=4, steps=5)(lin, x, y)
+    monkeypatch.setattr(apgd_mod, "CPU_ROWS", 1)
+    single = APGD(t, targeted=True, n_target_classes=4, steps=5)(lin, x, y)
+    assert 0 < int(batched.success.sum()) < 40
+    assert torch.equal(batched.success, single.success)
+    assert torch.equal(batched.success, lin(batched.x_adv).argmax(1) != y) and bool(t.contains(x, batched.x_adv).all())
+
+
+def test_target_runs_batched_in_one_call_per_iterate():
+    model = _Counting()
+    x = torch.rand(5, 16)
+    y = model(x).argmax(1)
+    att = APGD(ThreatModel(eps=1e-4), targeted=True, n_target_classes=3, steps=6)  # nothing breaks
+    model.calls = 0
+    att.perturb(Classifier(model), x, y, None, torch.Generator().manual_seed(0))
+    assert model.calls == 1 + (6 + 1)  # clean logits, then the 3 targets' iterates together

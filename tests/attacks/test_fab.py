@@ -210,3 +210,35 @@ def test_same_robust_accuracy_as_torchattacks(digits, cnn):
     xa = torchattacks.FAB(m, norm="Linf", eps=0.08, steps=20, n_restarts=1, seed=0)(x, y)
     theirs = float((m(xa).argmax(1) == y).float().mean())
     assert float(r.robust.float().mean()) <= theirs + 2 / 64
+
+
+def test_target_runs_batched_match_one_after_another(monkeypatch, digits, mlp):
+    """FAB-T with one restart has no randomness: on the CPU its target runs on few points go
+    in one batch and break the points that the runs one after the other break; a point broken
+    by an early target also gets the later ones there, so its norm can only be smaller."""
+    import perturbkit.attacks.fab as fab_mod
+
+    x, y = digits
+    t = ThreatModel(eps=0.1, norm="inf")
+    batched = FAB(t, steps=10, targeted=True, n_target_classes=3)(mlp, x, y)
+    quick = FAB(t, steps=10, targeted=True, n_target_classes=3, min_norm=False)(mlp, x, y)
+    monkeypatch.setattr(fab_mod, "CPU_ROWS", 1)
+    single = FAB(t, steps=10, targeted=True, n_target_classes=3)(mlp, x, y)
+    assert torch.equal(batched.success, single.success)
+    assert torch.equal(quick.success, single.success)
+    s = batched.success & ~batched.clean_success
+    assert bool((batched.norms[s] <= single.norms[s] + 1e-6).all())
+    assert int(s.sum()) >= 10 and bool((batched.norms[s] <= quick.norms[s] + 1e-6).all())
+
+
+def test_sort_rows_is_a_sort():
+    from perturbkit.attacks.fab import sort_rows
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.rand(70, 64, generator=g, dtype=torch.float64)
+    v[:, :10] = 0.5  # ties
+    v[3, 5] = math.inf
+    for desc in (False, True):
+        vals, order = sort_rows(v, descending=desc)
+        assert torch.equal(vals, v.sort(1, descending=desc).values)
+        assert torch.equal(v.gather(1, order), vals)

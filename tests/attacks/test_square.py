@@ -154,3 +154,44 @@ def test_l1_and_bad_options_raise():
     lin, x = nn.Linear(6, 3), torch.rand(4, 6)
     with pytest.raises(InputError, match="images"):
         Square(t, queries=5)(lin, x, lin(x).argmax(1))
+
+
+def _window_signs(cand, best, xp):
+    """Per image: the changed window's (rows, cols) and its sign per channel (True: + eps)."""
+    changed = (cand != best).any(1)  # (B, H, W)
+    rows, cols = changed.any(2), changed.any(1)
+    out = []
+    for b in range(cand.shape[0]):
+        r, c = torch.nonzero(rows[b]).flatten(), torch.nonzero(cols[b]).flatten()
+        win = (slice(None), slice(int(r[0]), int(r[-1]) + 1), slice(int(c[0]), int(c[-1]) + 1))
+        out.append((r, c, (cand[b][win] == xp[b][win]).flatten(1).all(1)))
+    return out
+
+
+@pytest.mark.parametrize("eps", [0.1, 1e-8])
+def test_linf_candidates_change_one_square_window(eps):
+    """The paper's Linf update: one s x s window per image set to clip(x +- eps) with a sign
+    per channel, always changing the best point; the signs are uniform among those that
+    change it.  eps = 1e-8 (x + eps and x - eps within the tolerance) takes the resampling loop."""
+    from perturbkit.attacks.square import _LinfProposals
+
+    B, C, H, W = 2000, 3, 6, 6
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(B, C, H, W, generator=g) * 0.6 + 0.2
+    t = ThreatModel(eps=eps)
+    xp, xm = t.clip(x + eps), t.clip(x - eps)
+    best = xp.clone()
+    best[:, 1] = xm[:, 1]  # every window's current signs: (+, -, +)
+    prop = _LinfProposals(x, t, [3] * 5, g)
+    assert prop.simple == (eps > 1e-7)
+    cand = prop(best, 0)
+    assert bool(((cand == xp) | (cand == xm)).all())
+    if eps < 1e-7:  # changes within the tolerance only
+        assert bool(((cand - best).abs() < 1e-7).all())
+        return
+    counts = {}
+    for r, c, sgn in _window_signs(cand, best, xp):
+        assert len(r) <= 3 and len(c) <= 3  # one window of side 3 (where it changes the point)
+        counts[tuple(sgn.tolist())] = counts.get(tuple(sgn.tolist()), 0) + 1
+    assert (True, False, True) not in counts and len(counts) == 7
+    assert all(abs(v - B / 7) < 5 * (B / 7) ** 0.5 for v in counts.values()), counts

@@ -14,11 +14,12 @@ gradients, every call under ``torch.no_grad``); every evaluation of a point is o
   The side is ``s = round(sqrt(p * H * W))`` (at least 1 for Linf, 3 and odd for L2).
 * **Updates.** Linf: one random ``s x s`` window per image set to ``x +- eps`` with an
   independent sign per channel (resampled, as in the paper, if it would not change the
-  current best point).  L2: a window of new pseudo-Gaussian mass per channel, the mass of a
+  current best point; the windows and signs of a block of iterations are drawn at once,
+  see :class:`_LinfProposals`).  L2: a window of new pseudo-Gaussian mass per channel, the mass of a
   second random window moved into it, so the perturbation keeps norm ``eps``.
 * **Acceptance.** A candidate replaces the best point only if it improves the loss
   (``margin``, default, or ``ce``) or fools the model, and a point that is fooled stops
-  (no more queries).
+  (no more queries: the batch of points still searching shrinks).
 * **Budget.** At most ``queries`` evaluations per point and restart (the initial point
   counts as one); restarts run on the points not yet fooled.  ``last_queries`` holds the
   number spent on each point of the last call.
@@ -96,6 +97,115 @@ def _l2(t: Tensor) -> Tensor:
     return t.flatten(1).norm(dim=1).reshape(-1, *([1] * (t.dim() - 1)))
 
 
+#: a Linf window "does not change" the best point when every value moves by less than this
+_TOL = 1e-7
+#: draws of a window's signs before giving up on changing the best point (Linf)
+_RESAMPLE = 20
+#: bound on the elements of the pre-drawn window masks of one block of Linf iterations
+_BLOCK_ELEMS = 1 << 22
+
+
+def _linf_side(p: float, H: int, W: int) -> int:
+    """The side of the Linf square for the fraction ``p``: at least 1, at most ``min(H, W) - 1``."""
+    return min(max(int(round(math.sqrt(p * H * W))), 1), max(min(H, W) - 1, 1))
+
+
+class _LinfProposals:
+    """The Linf candidates of the search (the paper's update), with the randomness drawn in
+    blocks of iterations instead of a few small draws per iteration.
+
+    The candidate of an image keeps its best point except on one uniformly placed ``s x s``
+    window, set to ``x + eps * sgn_c`` (clipped) with a sign per channel.  The paper redraws
+    the signs until the window changes the best point; that gives a uniform draw among the
+    sign vectors that change it.  When ``x + eps`` and ``x - eps`` (clipped) differ by more
+    than twice the tolerance everywhere, at most one sign vector leaves a window unchanged
+    (the window's current signs), so the same law is: draw ``sgn``; if it changes nothing,
+    use ``sgn xor m`` with ``m`` a uniform nonzero mask of channels.  Otherwise (an eps below
+    the tolerance) the rows still unchanged get fresh draws, up to ``_RESAMPLE`` in all, as
+    in the paper's loop.
+
+    The windows and signs of a block of iterations are drawn at once, per row of the current
+    active set (:meth:`keep` shrinks it); the candidates are built with masks (no indexing).
+    """
+
+    def __init__(self, x: Tensor, threat: ThreatModel, sides: list[int], g: torch.Generator):
+        B, C, H, W = x.shape
+        self.g, self.sides = g, sides
+        self.shape = (C, H, W)
+        self.xp = threat.clip(x + threat.eps)  # every value of the search is one of these two
+        self.xm = threat.clip(x - threat.eps)
+        # at most one unchanged sign vector per window: every value tells the two signs apart
+        self.simple = bool(((self.xp - self.xm).abs() > 2 * _TOL).all())
+        self.block = max(1, min(256, _BLOCK_ELEMS // max(1, B * H * W)))
+        self.start = 0  # first iteration of the current block
+        self.masks: Optional[Tensor] = None
+
+    def _draw(self, it: int) -> None:
+        """Windows and signs of iterations ``it .. it + block - 1`` for the current rows."""
+        B = self.xp.shape[0]
+        C, H, W = self.shape
+        dev = self.xp.device
+        K = max(0, min(self.block, len(self.sides) - it))
+        s = torch.tensor(self.sides[it:it + K], dtype=torch.float64).reshape(K, 1)
+        u = torch.rand((K, B, 2), generator=self.g, dtype=torch.float64)
+        top = (u[..., 0] * (H - s + 1)).floor().clamp_max(H - s).to(dev)
+        left = (u[..., 1] * (W - s + 1)).floor().clamp_max(W - s).to(dev)
+        s = s.to(dev)
+        ar_h = torch.arange(H, device=dev, dtype=torch.float64)
+        ar_w = torch.arange(W, device=dev, dtype=torch.float64)
+        rows = ((ar_h >= top[..., None]) & (ar_h < (top + s)[..., None])).to(torch.uint8)  # (K, B, H)
+        cols = ((ar_w >= left[..., None]) & (ar_w < (left + s)[..., None])).to(torch.uint8)  # (K, B, W)
+        # (a product of uint8 is about twice as fast as & of bools here)
+        self.masks = (rows[..., :, None] * cols[..., None, :]).view(torch.bool).unsqueeze(2)  # (K, B, 1, H, W)
+        self.signs = torch.randint(0, 2, (K, B, C, 1, 1), generator=self.g).bool().to(dev)
+        if C <= 16:  # a uniform nonzero mask
+            m = torch.randint(1, 2 ** C, (K, B, 1), generator=self.g)
+            m = ((m >> torch.arange(C)) & 1).bool()
+        else:  # uniform bits, the all-zero mask (probability 2^-C) made nonzero
+            m = torch.randint(0, 2, (K, B, C), generator=self.g).bool()
+            m[..., 0] |= ~m.any(-1)
+        self.flips = m.reshape(K, B, C, 1, 1).to(dev)
+        self.start = it
+
+    def keep(self, rows: Tensor) -> None:
+        """Only the rows ``rows`` (bool) stay active."""
+        self.xp, self.xm = self.xp[rows], self.xm[rows]
+        if self.masks is not None:
+            self.masks, self.signs, self.flips = self.masks[:, rows], self.signs[:, rows], self.flips[:, rows]
+
+    @staticmethod
+    def _unchanged(cand: Tensor, best: Tensor) -> Tensor:
+        return (cand - best).abs().flatten(1).amax(1) < _TOL
+
+    def __call__(self, best: Tensor, it: int) -> Tensor:
+        """The candidates of iteration ``it`` (0-based) from the current best points."""
+        k = it - self.start
+        if self.masks is None or k >= self.masks.shape[0]:
+            self._draw(it)
+            k = 0
+        mask, sgn = self.masks[k], self.signs[k]
+        cand = torch.where(mask, torch.where(sgn, self.xp, self.xm), best)
+        same = self._unchanged(cand, best)  # the signs change nothing: other signs
+        sgn = sgn ^ (self.flips[k] & same[:, None, None, None])
+        cand = torch.where(mask, torch.where(sgn, self.xp, self.xm), best)
+        if not self.simple:
+            self._resample(cand, best, mask)
+        return cand
+
+    def _resample(self, cand: Tensor, best: Tensor, mask: Tensor) -> None:
+        """The paper's loop (fresh signs while the window changes nothing), in place on ``cand``."""
+        C = self.shape[0]
+        same = self._unchanged(cand, best)
+        for _ in range(_RESAMPLE - 2):
+            rows = torch.nonzero(same).flatten()
+            if not rows.numel():
+                return
+            sgn = torch.randint(0, 2, (rows.numel(), C, 1, 1), generator=self.g).bool().to(cand.device)
+            new = torch.where(mask[rows], torch.where(sgn, self.xp[rows], self.xm[rows]), best[rows])
+            cand[rows] = new
+            same[rows] = self._unchanged(new, best[rows])
+
+
 class Square(Attack):
     """Square Attack (see the module docstring).
 
@@ -150,25 +260,6 @@ class Square(Attack):
         return self.threat.clip(x + delta / _l2(delta).clamp_min(1e-12) * self.threat.eps)
 
     # -- one candidate per point -------------------------------------------------------------
-    def _propose_linf(self, x: Tensor, best: Tensor, p: float, g: torch.Generator) -> Tensor:
-        B, C, H, W = x.shape
-        eps = self.threat.eps
-        s = min(max(int(round(math.sqrt(p * H * W))), 1), max(min(H, W) - 1, 1))
-        b, r, c = _window_index(B, H, W, s, g, x.device)
-        xw, bw = x[b, :, r, c], best[b, :, r, c]  # (B, s, s, C)
-        new = torch.empty_like(bw)
-        todo = torch.ones(B, dtype=torch.bool, device=x.device)
-        for _ in range(20):  # the paper resamples until the window changes the best point
-            sgn = _signs((B, 1, 1, C), g, x.dtype).to(x.device)
-            cand = self.threat.clip(xw + eps * sgn)
-            new = torch.where(todo[:, None, None, None], cand, new)
-            todo = todo & ((new - bw).abs() < 1e-7).flatten(1).all(1)
-            if not bool(todo.any()):
-                break
-        out = best.clone()
-        out[b, :, r, c] = new
-        return out
-
     def _propose_l2(self, x: Tensor, best: Tensor, p: float, g: torch.Generator) -> Tensor:
         B, C, H, W = x.shape
         eps = self.threat.eps
@@ -195,31 +286,44 @@ class Square(Attack):
 
     # -- the search ----------------------------------------------------------------------------
     def _score(self, f: Classifier, x: Tensor, y: Tensor, t: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        """Loss to maximise (B,) and success (B,) from one query per point."""
-        with torch.no_grad():
-            z = f(x)
+        """Loss to maximise (B,) and success (B,) from one query per point (under no_grad)."""
+        z = f(x)
         return self.loss(z, y, t), fooled(z, y, t)
 
     def _run(self, f: Classifier, x: Tensor, y: Tensor, t: Optional[Tensor],
              g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        """One restart: (best points, fooled, queries spent), all over the batch given."""
+        """One restart: (best points, fooled, queries spent), all over the batch given.
+
+        The points still searching (``act``) are kept as their own tensors, shrunk only when
+        a point is fooled; their candidates, losses and bests are updated with ``where``."""
         linf = self.threat.p == math.inf
         best = self._init_linf(x, g) if linf else self._init_l2(x, g)
         best_loss, done = self._score(f, best, y, t)
         used = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
-        propose = self._propose_linf if linf else self._propose_l2
-        for it in range(self.queries - 1):
-            idx = torch.nonzero(~done).flatten()
-            if not idx.numel():
-                break
-            ti = None if t is None else t[idx]
-            cand = propose(x[idx], best[idx], p_schedule(self.p_init, it, self.queries), g)
-            loss, hit = self._score(f, cand, y[idx], ti)
-            used[idx] += 1
-            better = (loss > best_loss[idx]) | hit  # a fooling candidate is kept even if its ce is lower
-            best[idx[better]] = cand[better]
-            best_loss[idx[better]] = loss[better]
-            done[idx[hit]] = True
+        n_it = self.queries - 1
+        ps = [p_schedule(self.p_init, it, self.queries) for it in range(n_it)]
+        act = torch.nonzero(~done).flatten()
+        xa, ba, la, ya = x[act], best[act], best_loss[act], y[act]
+        ta = None if t is None else t[act]
+        H, W = x.shape[2], x.shape[3]
+        prop = _LinfProposals(xa, self.threat, [_linf_side(p, H, W) for p in ps], g) if linf else None
+        it = 0
+        while it < n_it and act.numel():
+            cand = prop(ba, it) if linf else self._propose_l2(xa, ba, ps[it], g)
+            loss, hit = self._score(f, cand, ya, ta)
+            better = (loss > la) | hit  # a fooling candidate is kept even if its ce is lower
+            ba = torch.where(better.reshape(-1, 1, 1, 1), cand, ba)
+            la = torch.where(better, loss, la)
+            it += 1
+            if bool(hit.any()):  # fooled: the point stops (no more queries)
+                gone = act[hit]
+                best[gone], best_loss[gone], done[gone], used[gone] = ba[hit], la[hit], True, 1 + it
+                keep = ~hit
+                act, xa, ba, la, ya = act[keep], xa[keep], ba[keep], la[keep], ya[keep]
+                ta = None if ta is None else ta[keep]
+                if prop is not None:
+                    prop.keep(keep)
+        best[act], best_loss[act], used[act] = ba, la, 1 + it
         return best, done, used
 
     def perturb(self, f: Classifier, x: Tensor, y: Tensor, target: Optional[Tensor],
@@ -239,7 +343,8 @@ class Square(Attack):
             idx = torch.nonzero(~done).flatten()
             if not idx.numel():
                 break
-            b, d, q = self._run(f, x[idx], y[idx], None if target is None else target[idx], generator)
+            with torch.no_grad():
+                b, d, q = self._run(f, x[idx], y[idx], None if target is None else target[idx], generator)
             best[idx] = b
             done[idx] = d
             self.last_queries[idx] += q
