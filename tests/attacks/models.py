@@ -57,3 +57,9 @@ class Bump(nn.Module):
         relu = torch.relu
         m = -1.0 + 0.5 * u - 1.0 * relu(u - 1.0) + 1.5 * relu(u - 3.0)
         return torch.stack([torch.zeros_like(m), m], 1)
+
+
+def random_cnn(seed: int = 0) -> nn.Module:
+    """An untrained CNN on (B, 1, 8, 8) images with 10 classes."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10)).eval()

@@ -53,7 +53,7 @@ def test_reachable_target_is_reached_and_outputs_recomputed(on):
 
 def test_unreachable_target_fails_and_stays_in_budget():
     model, x, eps = mlp(), batch(), 0.2
-    a, W = hidden(model, x), model[2].weight.detach()
+    W = model[2].weight.detach()
     y0 = model(x).detach()
     r_need = torch.randn(x.shape[0], 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     least = (torch.linalg.pinv(W) @ r_need.T).T.norm(dim=1)

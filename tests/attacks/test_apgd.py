@@ -10,7 +10,8 @@ from perturbkit.attacks.apgd import APGD, checkpoints, project_l1_box
 from perturbkit.attacks.base import Classifier, ThreatModel
 from perturbkit.attacks.pgd import PGD
 from perturbkit.errors import InputError
-from perturbkit.models import bundled_path, load_digits_test
+from perturbkit.models import bundled_path
+from tests.attacks.conftest import digits_test
 
 EPS = {"inf": 0.1, "2": 0.6, "1": 2.0}
 VARIANTS = {"ce": {}, "dlr": {"loss": "dlr"}, "t": {"targeted": True, "n_target_classes": 3}}
@@ -18,8 +19,7 @@ VARIANTS = {"ce": {}, "dlr": {"loss": "dlr"}, "t": {"targeted": True, "n_target_
 
 @pytest.fixture(scope="module")
 def digits():
-    x, y = load_digits_test()
-    return torch.from_numpy(x[:96]), torch.from_numpy(y[:96])
+    return digits_test(96)
 
 
 @pytest.fixture(scope="module")

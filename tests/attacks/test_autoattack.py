@@ -2,30 +2,20 @@
 import pytest
 import torch
 
-from perturbkit.api import load
 from perturbkit.attacks.apgd import APGD
 from perturbkit.attacks.autoattack import AutoAttack
 from perturbkit.attacks.base import ThreatModel
 from perturbkit.errors import InputError
-from perturbkit.models import bundled_path, load_digits_test
+from tests.attacks.conftest import digits_test
 
 LINF, L2, L1 = ThreatModel(eps=0.1), ThreatModel(eps=0.6, norm=2), ThreatModel(eps=2.0, norm=1)
 
 
 @pytest.fixture(scope="module")
 def digits():
-    x, y = load_digits_test()
-    return torch.from_numpy(x[:64]), torch.from_numpy(y[:64])
+    return digits_test(64)
 
 
-@pytest.fixture(scope="module")
-def cnn():
-    return load(str(bundled_path("digits-cnn")))
-
-
-@pytest.fixture(scope="module")
-def mlp():
-    return load(str(bundled_path("digits-mlp")))
 
 
 def _config(att) -> tuple:

@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-import perturbkit as pk
 from perturbkit.attacks import PGD, ThreatModel
 from perturbkit.attacks.fab import FAB, project_hyperplane_box
 from perturbkit.errors import InputError
-from perturbkit.models import bundled_path, load_digits_test
+from tests.attacks.conftest import digits_test
+from tests.attacks.models import random_cnn
 
 NORMS = {"inf": 0.1, "2": 0.6, "1": 2.0}
 P = {"inf": math.inf, "2": 2.0, "1": 1.0}
@@ -17,23 +17,10 @@ P = {"inf": math.inf, "2": 2.0, "1": 1.0}
 
 @pytest.fixture(scope="module")
 def digits():
-    x, y = load_digits_test()
-    return torch.from_numpy(x[:64]), torch.from_numpy(y[:64])
+    return digits_test(64)
 
 
-@pytest.fixture(scope="module")
-def cnn():
-    return pk.load(str(bundled_path("digits-cnn")))
 
-
-@pytest.fixture(scope="module")
-def mlp():
-    return pk.load(str(bundled_path("digits-mlp")))
-
-
-def random_cnn(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10)).eval()
 
 
 # -- the projection, by hand --------------------------------------------------------------------

@@ -1,26 +1,20 @@
 """FGSM and PGD on random and trained models."""
-import math
 
 import pytest
 import torch
 
 import perturbkit as pk
 from perturbkit.attacks import FGSM, PGD, ThreatModel
-from perturbkit.models import bundled_path, load_digits_test
 from tests.attacks import models
+from tests.attacks.conftest import digits_test
 
 NORMS = {"inf": 0.1, "2": 0.6, "1": 2.0}
 
 
 @pytest.fixture(scope="module")
 def digits():
-    x, y = load_digits_test()
-    return torch.from_numpy(x[:96]), torch.from_numpy(y[:96])
+    return digits_test(96)
 
-
-@pytest.fixture(scope="module")
-def cnn():
-    return pk.load(str(bundled_path("digits-cnn")))
 
 
 @pytest.mark.parametrize("norm", list(NORMS))

@@ -3,30 +3,21 @@ import pytest
 import torch
 from torch import nn
 
-import perturbkit as pk
 from perturbkit.attacks import ThreatModel
 from perturbkit.attacks.base import Classifier
 from perturbkit.attacks.square import Square, meta_pseudo_gaussian, p_schedule
 from perturbkit.errors import InputError
-from perturbkit.models import bundled_path, load_digits_test
+from tests.attacks.conftest import digits_test
+from tests.attacks.models import random_cnn
 
 NORMS = {"inf": 0.1, "2": 0.6}
 
 
 @pytest.fixture(scope="module")
 def digits():
-    x, y = load_digits_test()
-    return torch.from_numpy(x[:64]), torch.from_numpy(y[:64])
+    return digits_test(64)
 
 
-@pytest.fixture(scope="module")
-def cnn():
-    return pk.load(str(bundled_path("digits-cnn")))
-
-
-def random_cnn(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10)).eval()
 
 
 class NoBackward(torch.autograd.Function):
