@@ -41,10 +41,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from perturbkit.attacks.base import ThreatModel
+from perturbkit.attacks.base import ThreatModel, as_batch
 from perturbkit.attacks.losses import margin
 from perturbkit.attacks.norms import lp_norm
-from perturbkit.attacks.search import as_batch, check_pgd_options, pgd_maximise
+from perturbkit.attacks.search import check_pgd_options, pgd_maximise
 from perturbkit.attacks.sites import make_site
 from perturbkit.errors import InputError
 

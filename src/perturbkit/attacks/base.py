@@ -104,6 +104,13 @@ class ThreatModel:
         e = self.eps if eps is None else eps
         return self.clip(x + project_ball(x_adv - x, e, self.p))
 
+    def check_inputs(self, x: Tensor) -> None:
+        """InputError unless every input coordinate lies in the domain (within 1e-6)."""
+        dom = self.domain
+        if dom is not None and bool(((x < dom[0] - 1e-6) | (x > dom[1] + 1e-6)).any()):
+            raise InputError(f"inputs lie outside the domain [{dom[0]}, {dom[1]}] (min {float(x.min()):.4g}, "
+                             f"max {float(x.max()):.4g})")
+
     def distance(self, x: Tensor, x_adv: Tensor) -> Tensor:
         """``||x_adv - x||_p`` per sample: (B,)."""
         return lp_norm(x_adv - x, self.p)
@@ -188,8 +195,8 @@ def _chunk_rows(model: Any) -> Optional[int]:
     return max(32, CHUNK_VALUES // max(1, widest))
 
 
-def as_tensor_batch(x: Any, y: Any, target: Any = None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Inputs as a float tensor and labels as int64 tensors, validated."""
+def as_batch(x: Any) -> Tensor:
+    """Inputs as a finite floating tensor with a batch dimension (B, ...), validated."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, Tensor):
@@ -200,6 +207,12 @@ def as_tensor_batch(x: Any, y: Any, target: Any = None) -> tuple[Tensor, Tensor,
         raise InputError(f"inputs must be a batch (B, ...), got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise InputError("inputs contain NaN or inf")
+    return x
+
+
+def as_tensor_batch(x: Any, y: Any, target: Any = None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Inputs as a float tensor and labels as int64 tensors, validated."""
+    x = as_batch(x)
 
     def labels(v, what):
         if isinstance(v, np.ndarray):
@@ -323,10 +336,7 @@ class Attack:
         x, y, target = as_tensor_batch(x, y, target)
         self.check_targets(y, target)
         f = Classifier(model, mean=self.threat.mean, std=self.threat.std)
-        dom = self.threat.domain
-        if dom is not None and bool(((x < dom[0] - 1e-6) | (x > dom[1] + 1e-6)).any()):
-            raise InputError(f"inputs lie outside the domain [{dom[0]}, {dom[1]}] (min {float(x.min()):.4g}, "
-                             f"max {float(x.max()):.4g})")
+        self.threat.check_inputs(x)
         gen = torch.Generator().manual_seed(self.seed)
         with f.attacking():
             with torch.no_grad():

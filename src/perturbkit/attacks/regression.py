@@ -37,8 +37,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from perturbkit.attacks.base import Classifier, ThreatModel, parse_norm
-from perturbkit.attacks.search import Objective, as_batch, check_pgd_options, per_sample, pgd_maximise
+from perturbkit.attacks.base import Classifier, ThreatModel, as_batch, parse_norm
+from perturbkit.attacks.search import Objective, check_pgd_options, per_sample, pgd_maximise
 from perturbkit.errors import InputError
 
 Tensor = torch.Tensor
@@ -245,10 +245,7 @@ class OutputAttack:
         x = as_batch(x)
         B = x.shape[0]
         f = Classifier(model, mean=self.threat.mean, std=self.threat.std)
-        dom = self.threat.domain
-        if dom is not None and bool(((x < dom[0] - 1e-6) | (x > dom[1] + 1e-6)).any()):
-            raise InputError(f"inputs lie outside the domain [{dom[0]}, {dom[1]}] (min {float(x.min()):.4g}, "
-                             f"max {float(x.max()):.4g})")
+        self.threat.check_inputs(x)
         gen = torch.Generator().manual_seed(self.seed)
         threshold = None if self.threshold is None else per_sample(self.threshold, B, "threshold", x)
         if self.goal == "deviation" and threshold is not None and bool((threshold < 0).any()):

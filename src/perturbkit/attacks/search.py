@@ -104,19 +104,6 @@ def pgd_maximise(objective: Objective, centre: Tensor, threat: ThreatModel, *, s
 
 # -- validation helpers -------------------------------------------------------------------
 
-def as_batch(x: Any) -> Tensor:
-    """Inputs as a finite floating tensor with a batch dimension (B, ...)."""
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, Tensor):
-        raise InputError(f"inputs must be a tensor or an array, got {type(x).__name__}")
-    if not x.is_floating_point():
-        x = x.float()
-    if x.dim() < 2:
-        raise InputError(f"inputs must be a batch (B, ...), got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        raise InputError("inputs contain NaN or inf")
-    return x
 
 
 def per_sample(v: Any, B: int, what: str, like: Tensor) -> Tensor:

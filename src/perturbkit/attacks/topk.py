@@ -268,10 +268,7 @@ class OrderedTopK(Attack):
         t0 = time.perf_counter()
         x, y, _ = as_tensor_batch(x, y)
         f = Classifier(model, mean=self.threat.mean, std=self.threat.std)
-        dom = self.threat.domain
-        if dom is not None and bool(((x < dom[0] - 1e-6) | (x > dom[1] + 1e-6)).any()):
-            raise InputError(f"inputs lie outside the domain [{dom[0]}, {dom[1]}] (min {float(x.min()):.4g}, "
-                             f"max {float(x.max()):.4g})")
+        self.threat.check_inputs(x)
         gen = torch.Generator().manual_seed(self.seed)
         with f.attacking():
             with torch.no_grad():
