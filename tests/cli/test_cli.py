@@ -159,6 +159,18 @@ def test_demo_runs_and_its_command_reproduces(capsys, tmp_path):
     assert "certified: " in out2
 
 
+def test_demo_attack_never_breaks_a_certified_digit(capsys, tmp_path):
+    """At an eps where PGD breaks some digits and the bounds certify others, no digit is both."""
+    code, out, err = _run(capsys, "demo", "--n", "16", "--eps", "0.08", "--save-dir", tmp_path)
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if "broken by PGD" in line]
+    assert len(lines) == 2
+    broken = [int(line.split("):")[1].split(" of ")[0]) for line in lines]
+    assert sum(broken) > 0
+    assert all(line.rstrip().endswith("certified and broken at once: 0") for line in lines)
+    assert any(int(line.split("(any method: ")[1].rstrip(")")) > 0 for line in out.splitlines() if "any method" in line)
+
+
 # -- bad input: one line, exit 2, nothing written -------------------------------------------------
 
 def _bad_cases(tmp_path: Path, batch_file: Path) -> dict[str, list[str]]:

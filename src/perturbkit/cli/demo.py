@@ -43,6 +43,10 @@ def _validate(cfg: DemoConfig) -> None:
         raise InputError(f"--norm must be one of {', '.join(NORMS)}, got {cfg.norm!r}")
 
 
+#: steps of the demo's PGD attack
+PGD_STEPS = 20
+
+
 def run_demo(cfg: DemoConfig) -> int:
     _validate(cfg)
     x_all, y_all = load_digits_test()
@@ -57,7 +61,8 @@ def run_demo(cfg: DemoConfig) -> int:
     dom = f"pixels kept in [{DOMAIN[0]:g}, {DOMAIN[1]:g}]"
     print(f"perturbkit demo: can a perturbation with ||delta||_{cfg.norm} <= {cfg.eps:g} ({dom}) "
           f"change the prediction of a bundled digit classifier?")
-    print("Each column is a provable lower bound of min_j (y_label - y_j); > 0 means certified.")
+    print("Each column is a provable lower bound of min_j (y_label - y_j); > 0 means certified. "
+          "PGD then searches for perturbations that do change it.")
     for name in DEMO_MODELS:
         _demo_model(name, cfg, xs, ys, x_all, y_all, digit0)
     return 0
@@ -97,6 +102,17 @@ def _demo_model(name: str, cfg: DemoConfig, xs: torch.Tensor, ys: torch.Tensor,
     times = "   ".join(f"{METHOD_TITLES[m]} {seconds[m]:.4f} s" for m in METHODS)
     print(f"  certified of {n}:  {counts}   (any method: {int(certified.sum())})")
     print(f"  time for {n} digits:  {times}")
+    # the other side: an attack looks for a perturbation that does change the prediction
+    from perturbkit.attacks import PGD, ThreatModel
+
+    t0 = time.perf_counter()
+    attack = PGD(ThreatModel(eps=cfg.eps, norm=cfg.norm, domain=DOMAIN), steps=PGD_STEPS, restarts=2, seed=0)(net, xs, ys)
+    t_attack = time.perf_counter() - t0
+    broken = attack.success.numpy()
+    both = int((broken & certified).sum())
+    print(f"  broken by PGD ({PGD_STEPS} steps, 2 restarts): {int(broken.sum())} of {n} in {t_attack:.3f} s;"
+          f"  undecided: {int((~broken & ~certified).sum())};  certified and broken at once: {both}"
+          + ("" if both == 0 else "  <- A SOUNDNESS BUG, please report it"))
     same = BoundsConfig(model=name, input=str(digit0), eps=cfg.eps, norm=cfg.norm, domain=DOMAIN,
                         method="crown", label=int(ys[0]))
     print(f"  digit 0 from the command line:  {command_line(same)}")
