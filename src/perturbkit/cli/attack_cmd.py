@@ -86,37 +86,14 @@ def _targets(y: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
 
 def command(cfg: AttackCmdConfig) -> int:
     validate(cfg)
-    import torch
-
-    import perturbkit
     from perturbkit.attacks.base import ThreatModel
-    from perturbkit.attacks.data import fit_to_model, load_dataset
     from perturbkit.attacks.evaluate import evaluate
-    from perturbkit.cli.io import resolve_model
+    from perturbkit.cli._attack_common import _labelled, _load_net
 
     threat = ThreatModel(eps=cfg.eps, norm=cfg.norm, domain=cfg.domain, targeted=cfg.targeted)
-    net = perturbkit.load(str(resolve_model(cfg.model)))
-    x, y = load_dataset(cfg.data, shape=cfg.shape)
-    if cfg.n is not None:
-        x, y = x[:cfg.n], y[:cfg.n]
-    x = fit_to_model(x, net.sample_shape, where=f"data {cfg.data}")
-    if not np.isfinite(x).all():
-        raise InputError(f"data {cfg.data}: NaN or inf in the inputs")
-    if cfg.domain is not None and (x.min() < cfg.domain[0] - 1e-6 or x.max() > cfg.domain[1] + 1e-6):
-        raise InputError(f"data {cfg.data}: inputs range over [{x.min():.4g}, {x.max():.4g}], outside the domain "
-                         f"[{cfg.domain[0]:g}, {cfg.domain[1]:g}] (set --domain)")
-    with torch.no_grad():  # one clean pass: the model must give finite outputs on every point
-        for s in range(0, x.shape[0], cfg.batch_size):
-            z = net(torch.from_numpy(x[s:s + cfg.batch_size]))
-            if not bool(torch.isfinite(z).all()):
-                i = s + int(torch.nonzero(~torch.isfinite(z.reshape(z.shape[0], -1)).all(1))[0])
-                raise InputError(f"model {cfg.model} gives NaN or inf on sample {i} of {cfg.data}")
-    n_classes = z.reshape(z.shape[0], -1).shape[1]
-    bad = (y < 0) | (y >= n_classes)
-    if bad.any():
-        i = int(np.nonzero(bad)[0][0])
-        raise InputError(f"data {cfg.data}: label {int(y[i])} of sample {i} is out of range for a model with "
-                         f"{n_classes} outputs")
+    net = _load_net(cfg.model)
+    x, y, n_classes, _ = _labelled(net, cfg.model, cfg.data, shape=cfg.shape, n=cfg.n, domain=cfg.domain,
+                                   batch_size=cfg.batch_size)
     targets = _targets(y, n_classes, cfg.seed) if cfg.targeted else None
     ev = evaluate(net, (x, y), threat, attacks=cfg.attack, batch_size=cfg.batch_size, targets=targets,
                   state_file=cfg.state, progress=cfg.progress, steps=cfg.steps, step_size=cfg.step_size,
