@@ -24,7 +24,7 @@ import torch
 
 from perturbkit.graph.ir import Node
 from perturbkit.graph.network import Network
-from perturbkit.ops.base import Interval, Relaxation
+from perturbkit.ops.base import Interval, Line, Relaxation
 from perturbkit.ops.registry import rule_for
 from perturbkit.sets.base import PerturbationSet
 
@@ -237,14 +237,26 @@ def _tighten_pairs(ctx: Context, name: str, itv: Interval, pairs: Tensor, widest
     lo = itv.lo.reshape(B, n).clone()
     hi = itv.hi.reshape(B, n).clone()
     chunk = max(1, _DENSE_BUDGET_BYTES // max(1, 2 * widest * itemsize))
+    # the activations the backward walk from ``name`` meets: their relaxations are computed
+    # once for the whole batch (and cached for later passes) and gathered per pair, instead
+    # of being recomputed from gathered intervals in every chunk
+    g = ctx.graph
+    end = ctx.position.get(name, -1)
+    acts = [node for node in g.nodes[:end + 1] if rule_for(node, g.source).kind == "activation"]
+    others = [node for node in g.nodes[:end + 1] if rule_for(node, g.source).kind == "selection"]
+    parts = {node.name: _relaxation_parts(ctx, node) for node in acts}
+    keep = {node.inputs[0] for node in acts + others}
     for start in range(0, pairs.shape[0], chunk):
         b, j = pairs[start:start + chunk, 0], pairs[start:start + chunk, 1]
         P = b.numel()
         sub = Context(net=ctx.net, consts=ctx.consts, batch=P, input_set=ctx.input_set.index(b),
                       dtype=ctx.dtype, device=ctx.device, position=ctx.position,
                       consumer_count=ctx.consumer_count, use_patches=False)
-        sub.intervals = {v: Interval(x.lo[b], x.hi[b]) for v, x in ctx.intervals.items()}
+        sub.intervals = {v: Interval(x.lo[b], x.hi[b]) for v, x in ctx.intervals.items() if v in keep}
         sub.const_parts = ctx.const_parts
+        for node_name, (rel, zl, zu) in parts.items():
+            sub.relaxations[node_name] = _gather_relaxation(rel, b, B)
+            sub.relax_flags[node_name] = (zl, zu)
         A = torch.zeros(P, 2, n, dtype=ctx.dtype, device=ctx.device)
         rows = torch.arange(P, device=ctx.device)
         A[rows, 0, j] = 1.0
@@ -253,6 +265,15 @@ def _tighten_pairs(ctx: Context, name: str, itv: Interval, pairs: Tensor, widest
         lo[b, j] = torch.maximum(lo[b, j], r[:, 0]) if INTERSECT_INTERMEDIATE else r[:, 0]
         hi[b, j] = torch.minimum(hi[b, j], -r[:, 1]) if INTERSECT_INTERMEDIATE else -r[:, 1]
     return Interval(lo.reshape(B, *shape), hi.reshape(B, *shape))
+
+
+def _gather_relaxation(rel: Relaxation, b: Tensor, B: int) -> Relaxation:
+    """The relaxation of batch entries ``b`` (tensors without a batch dimension are shared)."""
+    def pick(t: Tensor) -> Tensor:
+        return t[b] if t.dim() > 0 and t.shape[0] == B else t
+
+    return Relaxation(lower=Line(pick(rel.lower.slope), pick(rel.lower.intercept)),
+                      upper=Line(pick(rel.upper.slope), pick(rel.upper.intercept)))
 
 
 def linear_bounds_pairs(ctx: Context, name: str, b: Tensor, j: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -288,7 +288,8 @@ def bound_boxes(net: Network, neurons: _Neurons, bx: _Boxes, C: Tensor, *, recor
     N = len(bx)
     dt = bx.lo.dtype
     if bool((bx.used > 0).any()):
-        cset = CutBox(bx.lo, bx.hi, bx.H, bx.g)
+        k = int(bx.used.max())  # slots past the most used one are all zero: leave them out
+        cset = CutBox(bx.lo, bx.hi, bx.H[:, :k], bx.g[:, :k])
         empty = cset.is_empty().clone()
         bx.lo, bx.hi = cset.lower, cset.upper
         in_set = cset
