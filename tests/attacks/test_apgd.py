@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from perturbkit.api import load
-from perturbkit.attacks.apgd import APGD, checkpoints, project_l1_box
+from perturbkit.attacks.apgd import APGD, checkpoints
+from perturbkit.attacks.norms import project_l1_box
 from perturbkit.attacks.base import Classifier, ThreatModel
 from perturbkit.attacks.pgd import PGD
 from perturbkit.errors import InputError

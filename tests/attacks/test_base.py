@@ -173,3 +173,18 @@ def test_pgd_random_start_radius(p):
     if p != math.inf:
         assert float(r.mean()) == pytest.approx(0.25, abs=0.02)
         assert float((r < 0.1).float().mean()) == pytest.approx(0.2, abs=0.03)
+
+
+def test_l1_projection_with_a_domain_is_the_nearest_point():
+    """For L1 the threat model projects exactly onto ball ∩ domain: inside, never farther
+    from the point than clipping after the ball's projection, and idempotent."""
+    t = ThreatModel(eps=1.5, norm=1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(200, 16, generator=g, dtype=torch.float64)
+    far = x + torch.randn(200, 16, generator=g, dtype=torch.float64)
+    p = t.project(x, far)
+    assert bool(t.contains(x, p, tol=1e-9).all())
+    naive = t.clip(x + project_ball(far - x, 1.5, 1.0))
+    assert bool(((p - far).norm(dim=1) <= (naive - far).norm(dim=1) + 1e-9).all())
+    assert float(((naive - far).norm(dim=1) - (p - far).norm(dim=1)).max()) > 1e-3
+    assert torch.allclose(t.project(x, p), p, atol=1e-9)

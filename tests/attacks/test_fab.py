@@ -219,7 +219,7 @@ def test_target_runs_batched_match_one_after_another(monkeypatch, digits, mlp):
 
 
 def test_sort_rows_is_a_sort():
-    from perturbkit.attacks.fab import sort_rows
+    from perturbkit.attacks.norms import sort_rows
 
     g = torch.Generator().manual_seed(0)
     v = torch.rand(70, 64, generator=g, dtype=torch.float64)

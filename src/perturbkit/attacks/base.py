@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from perturbkit.attacks.losses import fooled, margin
-from perturbkit.attacks.norms import lp_norm, project_ball
+from perturbkit.attacks.norms import lp_norm, project_ball, project_l1_box
 from perturbkit.errors import InputError, ModelError
 
 Tensor = torch.Tensor
@@ -100,8 +100,14 @@ class ThreatModel:
         return x if self.domain is None else x.clamp(self.domain[0], self.domain[1])
 
     def project(self, x: Tensor, x_adv: Tensor, eps: Union[float, Tensor, None] = None) -> Tensor:
-        """The point of the threat model for ``x_adv``: ``clip(x + P_ball(x_adv - x))``."""
+        """The point of the threat model for ``x_adv``: ``clip(x + P_ball(x_adv - x))``; for L1
+        with a domain, the exact Euclidean projection onto the ball intersected with the domain
+        (:func:`.norms.project_l1_box`; clipping after the ball's projection is feasible but not
+        the nearest point)."""
         e = self.eps if eps is None else eps
+        if self.p == 1 and self.domain is not None and not isinstance(e, Tensor):
+            # the exact nearest point of the L1 ball intersected with the domain
+            return self.clip(x + project_l1_box(x_adv - x, e, self.domain[0] - x, self.domain[1] - x))
         return self.clip(x + project_ball(x_adv - x, e, self.p))
 
     def check_inputs(self, x: Tensor) -> None:
@@ -183,6 +189,11 @@ class Classifier:
 #: CNN (450 rows, 512 values per row in its widest layer): one 450-row gradient 4.65 ms,
 #: two of 225 rows 3.9 ms together; PGD-40 416 -> 306 ms.  The MLP (64 values) is not cut.
 CHUNK_VALUES = 1 << 17
+#: on the CPU, attacks that run several targets (or restarts) on few points batch those runs
+#: together, up to this many rows: a forward and backward pass on a small batch costs mostly
+#: its fixed cost per call (with the bundled digits CNN, 105 rows cost 8.4 us a row, 210 rows
+#: 6.8 us)
+CPU_ROWS = 256
 
 
 def _chunk_rows(model: Any) -> Optional[int]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Union
 
+import numpy as np
 import torch
 
 Tensor = torch.Tensor
@@ -142,3 +143,48 @@ def steepest_direction(grad: Tensor, p: float, *, x: Optional[Tensor] = None,
     else:
         raise ValueError(f"unsupported norm {p}")
     return out.reshape(grad.shape)
+
+
+def project_l1_box(v: Tensor, eps: float, lo: Optional[Tensor], hi: Optional[Tensor]) -> Tensor:
+    """Euclidean projection of each row of ``v`` onto ``{d : ||d||_1 <= eps, lo <= d <= hi}``
+    (``lo <= 0 <= hi``), exactly, by sorting the breakpoints (Croce & Hein 2021, Sec. 3).
+
+    The solution is ``d_i = sign(v_i) min(max(|v_i| - lam, 0), u_i)`` with ``u_i`` the room in
+    the direction of ``v_i`` and ``lam >= 0`` the smallest value that meets the budget.
+
+    Shapes: ``v``, ``lo``, ``hi`` (B, *shape) (``lo``/``hi`` None: no box); returns v.shape.
+    """
+    shape, dt = v.shape, v.dtype
+    vf = v.reshape(v.shape[0], -1).double()
+    a = vf.abs()
+    if lo is None:
+        u = a
+    else:
+        lof = lo.reshape(vf.shape).double().clamp_max(0)
+        hif = hi.reshape(vf.shape).double().clamp_min(0)
+        u = torch.minimum(torch.where(vf >= 0, hif, -lof), a)  # capping at |v_i| changes nothing
+    full = u.sum(1)  # the L1 norm at lam = 0
+    B, n = a.shape
+    # g(lam) = sum_i clamp(a_i - lam, 0, u_i): slope -1 per coordinate with a_i - u_i < lam < a_i
+    e = torch.cat([a, a - u], 1)
+    w = torch.cat([torch.ones_like(a), -torch.ones_like(a)], 1)
+    e_s, order = e.sort(dim=1, descending=True, stable=True)
+    s = w.gather(1, order).cumsum(1)  # |slope| on (e_s[k+1], e_s[k])
+    G = torch.cat([a.new_zeros(B, 1), (s[:, :-1] * (e_s[:, :-1] - e_s[:, 1:])).cumsum(1)], 1)  # g(e_s[k])
+    k = ((G < eps).sum(1) - 1).clamp(0, 2 * n - 1)
+    Gk = G.gather(1, k[:, None]).squeeze(1)
+    lam = e_s.gather(1, k[:, None]).squeeze(1) - (eps - Gk) / s.gather(1, k[:, None]).squeeze(1).clamp_min(1)
+    lam = torch.where(full <= eps, torch.zeros_like(lam), lam.clamp_min(0))
+    d = vf.sign() * torch.minimum((a - lam[:, None]).clamp_min(0), u)
+    return d.to(dt).reshape(shape)
+
+
+def sort_rows(v: Tensor, descending: bool = False) -> tuple[Tensor, Tensor]:
+    """``v.sort(1, descending)`` for a 2-D tensor without gradient: (values, indices), ties
+    in any order.  On the CPU through numpy's argsort: torch's CPU sort slows down sharply
+    beyond a few thousand elements (e.g. 210 x 64 float64: ~270 us against ~40 us)."""
+    if v.device.type != "cpu" or v.requires_grad or v.numel() < 2048 or v.dtype not in (torch.float32, torch.float64):
+        return v.sort(1, descending=descending)
+    a = v.numpy()
+    order = torch.from_numpy(np.argsort(-a if descending else a, axis=1))
+    return v.gather(1, order), order
