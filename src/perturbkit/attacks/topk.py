@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from perturbkit.attacks.base import Attack, AttackResult, Classifier, ThreatModel, as_tensor_batch, sanity_flags
-from perturbkit.attacks.norms import random_in_ball, steepest_direction
+from perturbkit.attacks.norms import random_start, steepest_direction
 from perturbkit.errors import InputError
 
 Tensor = torch.Tensor
@@ -283,8 +283,10 @@ class OrderedTopK(Attack):
             x_adv = x.clone()
             todo = torch.nonzero(~clean).flatten()
             if todo.numel():
-                cand = self.perturb(f, x[todo], y[todo], t[todo], gen)
-                x_adv[todo] = self.threat.project(x[todo], cand.detach().to(x.dtype))
+                cand = self.perturb(f, x[todo], y[todo], t[todo], gen).detach().to(x.dtype)
+                bad = ~torch.isfinite(cand.reshape(cand.shape[0], -1)).all(1)  # NaN/inf: keep the clean point
+                cand[bad] = x[todo][bad]
+                x_adv[todo] = self.threat.project(x[todo], cand)
             with torch.no_grad():
                 z = f(x_adv)
         success = topk_hit(z, t) | clean
@@ -314,7 +316,7 @@ class OrderedTopK(Attack):
         best_v = torch.full((B,), math.inf, dtype=x.dtype, device=x.device)
         idx = torch.arange(B, device=x.device)
         x0, t0 = x, target
-        xa = tm.project(x0, x0 + random_in_ball(x0, tm.eps, tm.p, generator)) if self.random_start else x0.clone()
+        xa = tm.project(x0, x0 + random_start(x0, tm.eps, tm.p, generator)) if self.random_start else x0.clone()
         z_star: Optional[Tensor] = None
         for step in range(self.steps + 1):
             xg = xa.detach().requires_grad_(True)
