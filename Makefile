@@ -31,6 +31,7 @@ test: $(STAMP)
 models: $(STAMP)
 	$(PY) -m pip install -e '.[test,train]'
 	$(PY) -m perturbkit.models.train_digits
+	$(PY) -m perturbkit.models.train_digits --adv
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis
