@@ -253,7 +253,7 @@ def test_wrong_answers_are_listed_loudly(tmp_path, capsys):
             w.writerow([o, v, verdicts.get(o, ANSWERS[(o, v)][0]), "0.5"])
     code = main(["verify-batch", str(folder / "instances.csv"), "--out", str(out), "--resume"])
     stdout, stderr = capsys.readouterr()
-    assert code == 0
+    assert code == 3  # a wrong answer fails the command
     assert "5 correct, 1 wrong, 1 unsolved" in stdout
     assert "WRONG: onnx/test_sat.onnx vnnlib/test_prop.vnnlib: ours unsat, known sat" in stdout
     assert "WRONG ANSWER: onnx/test_sat.onnx" in stderr

@@ -2,8 +2,10 @@
 
 Arguments become a frozen :class:`BatchConfig`; :func:`command` calls
 :func:`perturbkit.verify.campaign.run_campaign` and prints its summary table on stdout
-(wrong answers are repeated on stderr).  Ctrl-C stops cleanly: the rows written so far
-form a valid CSV, the summary of the partial run is printed, and the exit code is 130.
+(wrong answers are repeated on stderr).  Exit code 0, or 3 when an answer contradicts
+``answers.csv`` (a wrong verdict is the worst outcome a verifier has: scripts and CI should
+stop on it).  Ctrl-C stops cleanly: the rows written so far form a valid CSV, the summary of
+the partial run is printed, and the exit code is 130.
 """
 from __future__ import annotations
 
@@ -13,6 +15,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from perturbkit.errors import InputError
+
+
+#: exit code of ``verify-batch`` when a verdict contradicts answers.csv
+WRONG_ANSWER_EXIT = 3
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ def validate(cfg: BatchConfig) -> None:
 
 
 def command(cfg: BatchConfig) -> int:
-    """Run the campaign; print the summary; exit 0 (130 when interrupted)."""
+    """Run the campaign; print the summary; exit 0, 3 on a wrong answer (130 when interrupted)."""
     from perturbkit.verify.campaign import CampaignInterrupted, run_campaign
 
     validate(cfg)
@@ -61,4 +67,5 @@ def command(cfg: BatchConfig) -> int:
         for onnx, vnnlib, ours, known, conf in summary.judgement.wrong_rows:
             print(f"perturbkit: WRONG ANSWER: {onnx} {vnnlib}: ours {ours}, known {known} ({conf})",
                   file=sys.stderr)
+        return WRONG_ANSWER_EXIT
     return 0
