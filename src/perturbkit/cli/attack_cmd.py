@@ -42,7 +42,7 @@ class AttackCmdConfig:
     save_adv: Optional[str] = None
     shape: Optional[tuple[int, ...]] = None
     domain: Optional[tuple[float, float]] = (0.0, 1.0)
-    batch_size: int = 256
+    batch_size: Optional[int] = None
     state: Optional[str] = None
     progress: bool = True
 
@@ -93,7 +93,7 @@ def command(cfg: AttackCmdConfig) -> int:
     threat = ThreatModel(eps=cfg.eps, norm=cfg.norm, domain=cfg.domain, targeted=cfg.targeted)
     net = _load_net(cfg.model)
     x, y, n_classes, _ = _labelled(net, cfg.model, cfg.data, shape=cfg.shape, n=cfg.n, domain=cfg.domain,
-                                   batch_size=cfg.batch_size)
+                                   batch_size=cfg.batch_size or 256)
     targets = _targets(y, n_classes, cfg.seed) if cfg.targeted else None
     ev = evaluate(net, (x, y), threat, attacks=cfg.attack, batch_size=cfg.batch_size, targets=targets,
                   state_file=cfg.state, progress=cfg.progress, steps=cfg.steps, step_size=cfg.step_size,

@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample shape of CSV data as stored, e.g. 28,28 or 32,32,3 (channels-last is transposed)")
     a.add_argument("--domain", nargs=2, type=float, default=(0.0, 1.0), metavar=("LO", "HI"),
                    help="input domain (default: 0 1)")
-    a.add_argument("--batch-size", type=int, default=256, metavar="B", help="points per batch (default: 256)")
+    a.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="points per batch (default: automatic from the model's widest layer)")
     a.add_argument("--state", default=None, metavar="STATE.npz",
                    help="keep a resumable state here; rerun the same command to continue an interrupted run")
     a.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the JSON record to OUT")
