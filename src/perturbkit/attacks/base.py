@@ -287,24 +287,25 @@ def sanity_flags(f: Classifier, x: Tensor, y: Tensor, logits: Tensor, *, gradien
     probs_like = ((logits >= 0) & (logits <= 1)).all(1) & ((logits.sum(1) - 1).abs() < 1e-4)
     flags["softmax_outputs"] = int(probs_like.sum()) if bool(probs_like.all()) and logits.shape[1] > 1 else 0
     x, y, logits = x[:SANITY_POINTS], y[:SANITY_POINTS], logits[:SANITY_POINTS]
-    with torch.no_grad():
-        again = f(x)
+    g = None
+    if gradients:  # one evaluation serves the gradient checks and the randomness check
+        xg = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            z = f(xg)
+            if z.requires_grad:
+                # the margin's gradient, not cross-entropy's: CE saturates to an exact 0 in float32
+                # on confidently classified points, which would look like gradient masking
+                (g,) = torch.autograd.grad(margin(z, y).sum(), xg, allow_unused=True)
+        again = z.detach()
+    else:
+        with torch.no_grad():
+            again = f(x)
     scale = logits.abs().amax(1).clamp_min(1.0)
     diff = ((again - logits).abs().amax(1) / scale) > 1e-5
     flags["randomized"] = int((diff & torch.isfinite(logits).all(1)).sum())
     if not gradients:
         flags["zero_gradients"] = flags["nan_gradients"] = 0
-        return flags
-    xg = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        z = f(xg)
-        if z.requires_grad:
-            # the margin's gradient, not cross-entropy's: CE saturates to an exact 0 in float32 on
-            # confidently classified points, which would look like gradient masking
-            (g,) = torch.autograd.grad(margin(z, y).sum(), xg, allow_unused=True)
-        else:
-            g = None
-    if g is None:
+    elif g is None:
         flags["zero_gradients"] = x.shape[0]
         flags["nan_gradients"] = 0
     else:
