@@ -329,6 +329,8 @@ def compare_autoattack(ta, model: str = "digits-cnn-adv", eps: float = 0.2, n: O
 
     contenders = [
         ("perturbkit AutoAttack (100 it.)", "ours", AutoAttack(threat, version="standard", seed=seed)),
+        ("perturbkit AutoAttack fast (APGD-CE, APGD-T 3 targets, 50 it.)", "ours",
+         AutoAttack(threat, version="fast", seed=seed)),
         ("torchattacks.AutoAttack as shipped (10 it.)", "ta", torchattacks_autoattack(ta, module, eps, seed)),
         ("torchattacks, reference budget (100 it.)", "ta", torchattacks_autoattack(ta, module, eps, seed, 100)),
     ]
