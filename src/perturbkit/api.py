@@ -16,13 +16,17 @@ from perturbkit.graph.network import Network
 from perturbkit.sets.base import PerturbationSet
 
 
-def load(model: Union[str, os.PathLike, torch.nn.Module, Network], example_input: Optional[torch.Tensor] = None) -> Network:
+def load(model: Union[str, os.PathLike, torch.nn.Module, Network], example_input: Optional[torch.Tensor] = None,
+         *, forward_only: bool = False) -> Network:
     """A :class:`Network` from an ONNX file path or a ``torch.nn.Module``.
 
     Args:
         model: path to an ``.onnx`` file, an ``onnx.ModelProto``, an ``nn.Module``, or a Network
             (returned as is).
         example_input: for a module, one input batch ``(1, *sample_shape)`` used to trace it.
+        forward_only: (ONNX) also accept operators perturbkit can execute but not bound (e.g.
+            a final Softmax; see :mod:`perturbkit.ops.forward_only`): enough for attacks;
+            bounds and verification on such a network raise an error naming the operator.
     """
     if isinstance(model, Network):
         return model
@@ -37,7 +41,7 @@ def load(model: Union[str, os.PathLike, torch.nn.Module, Network], example_input
     if isinstance(model, (str, os.PathLike, onnx.ModelProto)):
         from perturbkit.graph.from_onnx import graph_from_onnx
 
-        return Network(graph_from_onnx(model))
+        return Network(graph_from_onnx(model, forward_only=forward_only))
     raise ModelError(f"cannot load a model from a {type(model).__name__}; give an .onnx path or an nn.Module")
 
 

@@ -146,7 +146,7 @@ class Classifier:
             from perturbkit.api import load
             from perturbkit.cli.io import resolve_model
 
-            model = load(str(resolve_model(str(model))))
+            model = load(str(resolve_model(str(model))), forward_only=True)
         if not callable(model):
             raise ModelError(f"cannot attack a {type(model).__name__}: give an nn.Module, a Network, an .onnx path "
                              "or a callable")

@@ -115,7 +115,7 @@ def _load_net(model: str):
     import perturbkit
     from perturbkit.cli.io import resolve_model
 
-    return perturbkit.load(str(resolve_model(model)))
+    return perturbkit.load(str(resolve_model(model)), forward_only=True)  # attacks only run the model
 
 
 def _labelled(net, model: str, data: str, *, shape: Optional[tuple[int, ...]], n: Optional[int],

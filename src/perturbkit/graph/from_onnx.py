@@ -22,7 +22,8 @@ from onnx import numpy_helper
 
 from perturbkit.errors import ModelError, UnsupportedOperatorError
 from perturbkit.graph.ir import Graph, Node, frozen_attrs
-from perturbkit.ops.registry import rule_for
+from perturbkit.ops.forward_only import FORWARD_ONLY
+from perturbkit.ops.registry import RULES, rule_for, supported
 
 # input index -> attribute name, for inputs that only configure an operator
 _ABSORB: dict[str, dict[int, str]] = {
@@ -133,8 +134,11 @@ def _declared(vi: onnx.ValueInfoProto) -> tuple[int, ...]:
     return tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims)
 
 
-def graph_from_onnx(model_or_path: Union[str, os.PathLike, onnx.ModelProto]) -> Graph:
-    """Import an ONNX model into the IR (see module docstring)."""
+def graph_from_onnx(model_or_path: Union[str, os.PathLike, onnx.ModelProto], *, forward_only: bool = False) -> Graph:
+    """Import an ONNX model into the IR (see module docstring).
+
+    ``forward_only``: also admit operators on runtime values that perturbkit can execute but
+    not bound (:mod:`perturbkit.ops.forward_only`, e.g. Softmax): enough for attacks."""
     model, source = _read(model_or_path)
     g = model.graph
     consts: dict[str, torch.Tensor] = {}
@@ -214,9 +218,13 @@ def graph_from_onnx(model_or_path: Union[str, os.PathLike, onnx.ModelProto]) -> 
             except Exception as e:  # noqa: BLE001
                 raise ModelError(f"cannot fold constant {node.where(source)}: {type(e).__name__}: {e}") from None
             continue
-        if op in _FOLD_ONLY:
+        executable = forward_only and op in FORWARD_ONLY
+        if op in _FOLD_ONLY and not executable:
             raise UnsupportedOperatorError(
                 f"no rule for '{op}' on a perturbed value at {node.where(source)}; it is only supported on constants")
+        if op not in RULES and not executable:
+            raise UnsupportedOperatorError(
+                f"no rule for '{op}' at {node.where(source)}; supported: {', '.join(supported())}")
         rule = rule_for(node, source)
         dummy = [consts[i] if i in consts else torch.zeros(shapes[i]) for i in ins]
         try:

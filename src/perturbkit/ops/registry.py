@@ -60,9 +60,17 @@ def supported() -> list[str]:
 
 
 def rule_for(node: Node, source: str = "") -> OpRule:
-    """The rule for ``node``, or an error naming the op, the node and what is supported."""
+    """The rule for ``node``, or an error naming the op, the node and what is supported.
+
+    Operators that can only be executed (:mod:`perturbkit.ops.forward_only`) resolve too; the
+    ONNX importer admits them only when asked to (``forward_only=True``)."""
+    rule = RULES.get(node.op_type)
+    if rule is not None:
+        return rule
+    from perturbkit.ops.forward_only import FORWARD_ONLY
+
     try:
-        return RULES[node.op_type]
+        return FORWARD_ONLY[node.op_type]
     except KeyError:
         raise UnsupportedOperatorError(
             f"no rule for '{node.op_type}' at {node.where(source)}; supported: {', '.join(supported())}"

@@ -28,6 +28,7 @@ from perturbkit.bounds.crown import crown
 from perturbkit.bounds.engine import make_context
 from perturbkit.errors import InputError
 from perturbkit.graph.network import Network
+from perturbkit.ops.registry import rule_for
 from perturbkit.sets.box import Box
 from perturbkit.verify import check
 from perturbkit.verify.bab import BabConfig, input_split, rows_of
@@ -66,6 +67,9 @@ def verify(network: Network, prop: Union[Property, str], *, timeout: float = 60.
 
         prop = parse_vnnlib(prop)
     check_sizes(prop, network.n_inputs, network.n_outputs)
+    for node in network.graph.nodes:  # e.g. a Softmax admitted by load(..., forward_only=True)
+        if rule_for(node, network.source).kind == "forward":
+            rule_for(node, network.source).interval(node)  # raises: no bound rule, with the node
     deadline = t0 + timeout
     gen = torch.Generator().manual_seed(config.seed)
     stats: dict = {"boxes": 0, "batches": 0, "falsify_hits": 0}
