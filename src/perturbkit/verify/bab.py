@@ -67,9 +67,7 @@ class BabConfig:
     """Branch-and-bound settings.
 
     Attributes:
-        batch: sub-problems per bound call (4096: on the largest ACAS Xu frontier,
-            3_3/prop_2, 21 % more sub-boxes per second than 2048, and 8192 is slower again;
-            smaller frontiers are unaffected).
+        batch: sub-boxes per bound call.
         alpha_iterations: also bound the sub-problems CROWN leaves open by alpha-CROWN on
             the output rows, with this many Adam steps on the lower ReLU slopes, reusing the
             intermediate bounds already computed (:func:`_final_alpha`; 0: off).
@@ -83,7 +81,7 @@ class BabConfig:
         max_cuts: ReLU splits per sub-problem at most (each adds one half-space).
     """
 
-    batch: int = 4096
+    batch: int = 2048
     max_boxes: int = 50_000_000
     dtype: torch.dtype = torch.float64
     alpha_iterations: int = 0
