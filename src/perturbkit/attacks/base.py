@@ -315,6 +315,23 @@ def sanity_flags(f: Classifier, x: Tensor, y: Tensor, logits: Tensor, *, gradien
     return flags
 
 
+def check_classes(n_classes: int, **labels: Optional[Tensor]) -> None:
+    """InputError naming the first label (or target) outside ``[0, n_classes)``."""
+    for what, v in labels.items():
+        if v is not None and bool(((v < 0) | (v >= n_classes)).any()):
+            bad = int(v[(v < 0) | (v >= n_classes)][0])
+            raise InputError(f"{what} {bad} out of range for a model with {n_classes} outputs")
+
+
+def adopt(threat: ThreatModel, x: Tensor, cand: Tensor) -> Tensor:
+    """An attack's candidates for ``x`` made into allowed points: non-finite ones fall back to
+    the clean point, then everything is projected onto the threat model (see the module)."""
+    cand = cand.detach().to(x.dtype)
+    bad = ~torch.isfinite(cand.reshape(cand.shape[0], -1)).all(1)
+    cand[bad] = x[bad]
+    return threat.project(x, cand)
+
+
 class Attack:
     """Base class: subclasses implement :meth:`perturb`; ``__call__`` keeps the promises
     listed in the module docstring."""
@@ -353,21 +370,14 @@ class Attack:
         with f.attacking():
             with torch.no_grad():
                 z0 = f(x)
-            C = z0.shape[1]
-            for what, v in (("label", y), ("target", target)):
-                if v is not None and bool(((v < 0) | (v >= C)).any()):
-                    bad = int(v[(v < 0) | (v >= C)][0])
-                    raise InputError(f"{what} {bad} out of range for a model with {C} outputs")
+            check_classes(z0.shape[1], label=y, target=target)
             flags = sanity_flags(f, x, y, z0, gradients=self.white_box)
             clean = fooled(z0, y, target)
             x_adv = x.clone()
             todo = torch.nonzero(~clean).flatten()
             if todo.numel():
                 t_sub = None if target is None else target[todo]
-                cand = self.perturb(f, x[todo], y[todo], t_sub, gen).detach().to(x.dtype)
-                bad = ~torch.isfinite(cand.reshape(cand.shape[0], -1)).all(1)  # NaN/inf: keep the clean point
-                cand[bad] = x[todo][bad]
-                x_adv[todo] = self.threat.project(x[todo], cand)
+                x_adv[todo] = adopt(self.threat, x[todo], self.perturb(f, x[todo], y[todo], t_sub, gen))
             with torch.no_grad():
                 z = f(x_adv)
         success = fooled(z, y, target) | clean

@@ -27,7 +27,7 @@ import torch
 from perturbkit.attacks.base import Attack, Classifier, ThreatModel, run_loss
 from perturbkit.attacks.losses import fooled, loss_fn
 from perturbkit.attacks.norms import random_start, steepest_direction
-from perturbkit.errors import InputError
+from perturbkit.attacks.search import check_pgd_options
 
 Tensor = torch.Tensor
 
@@ -69,12 +69,7 @@ class PGD(Attack):
                  restarts: int = 1, random_start: bool = True, loss: str = "ce", rel_step: float = 2.5,
                  l1_fraction: float = 0.01, seed: int = 0):
         super().__init__(threat, seed=seed)
-        if int(steps) < 1:
-            raise InputError(f"steps must be >= 1, got {steps}")
-        if int(restarts) < 1:
-            raise InputError(f"restarts must be >= 1, got {restarts}")
-        if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
-            raise InputError(f"step size must be > 0, got {step_size}")
+        check_pgd_options(steps, restarts, step_size, "constant")
         self.steps = int(steps)
         self.restarts = int(restarts)
         self.step_size = step_size if step_size is not None else rel_step * threat.eps / self.steps

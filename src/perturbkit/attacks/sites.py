@@ -10,6 +10,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 
 from perturbkit.attacks.base import Classifier
+from perturbkit.graph.interpret import run_node
 from perturbkit.errors import InputError, ModelError, PerturbkitError
 
 Tensor = torch.Tensor
@@ -68,12 +69,7 @@ class NetworkSite:
         env = {self.value: a.reshape(n, *g.shapes[self.value])}
         for node, rule in zip(g.nodes[self.pos + 1:], self.rules[self.pos + 1:]):
             args = [consts[i] if i in consts else (env[i] if i in env else self.cache[i][rows]) for i in node.inputs]
-            try:
-                env[node.output] = rule.forward(node, *args)
-            except PerturbkitError:
-                raise
-            except Exception as e:  # noqa: BLE001 - re-raised with the location
-                raise ModelError(f"while executing {node.where(g.source)}: {type(e).__name__}: {e}") from e
+            env[node.output] = run_node(node, rule, args, g.source)
         return self._out(env if g.output_name in env else {g.output_name: self.cache[g.output_name][rows]}, n)
 
 

@@ -59,7 +59,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from perturbkit.attacks.base import Attack, AttackResult, Classifier, ThreatModel, as_tensor_batch, sanity_flags
+from perturbkit.attacks.base import (Attack, AttackResult, Classifier, ThreatModel, adopt, as_tensor_batch, check_classes,
+                                     sanity_flags)
 from perturbkit.attacks.norms import random_start, steepest_direction
 from perturbkit.errors import InputError
 
@@ -274,19 +275,14 @@ class OrderedTopK(Attack):
             with torch.no_grad():
                 z0 = f(x)
             C = z0.shape[1]
-            bad = (y < 0) | (y >= C)
-            if bool(bad.any()):
-                raise InputError(f"label {int(y[bad][0])} out of range for a model with {C} outputs")
+            check_classes(C, label=y)
             t = self.check_ordered_targets(y, targets, C)
             flags = sanity_flags(f, x, y, z0)
             clean = topk_hit(z0, t)
             x_adv = x.clone()
             todo = torch.nonzero(~clean).flatten()
             if todo.numel():
-                cand = self.perturb(f, x[todo], y[todo], t[todo], gen).detach().to(x.dtype)
-                bad = ~torch.isfinite(cand.reshape(cand.shape[0], -1)).all(1)  # NaN/inf: keep the clean point
-                cand[bad] = x[todo][bad]
-                x_adv[todo] = self.threat.project(x[todo], cand)
+                x_adv[todo] = adopt(self.threat, x[todo], self.perturb(f, x[todo], y[todo], t[todo], gen))
             with torch.no_grad():
                 z = f(x_adv)
         success = topk_hit(z, t) | clean

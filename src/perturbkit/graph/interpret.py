@@ -17,12 +17,16 @@ def execute(net, x: torch.Tensor) -> dict[str, torch.Tensor]:
     consts = net.constants(x.dtype, x.device)
     env: dict[str, torch.Tensor] = {g.input_name: x}
     for node in g.nodes:
-        rule = rule_for(node, g.source)
         args = [consts[i] if i in consts else env[i] for i in node.inputs]
-        try:
-            env[node.output] = rule.forward(node, *args)
-        except PerturbkitError:
-            raise
-        except Exception as e:  # noqa: BLE001 - re-raised with the location
-            raise ModelError(f"while executing {node.where(g.source)}: {type(e).__name__}: {e}") from e
+        env[node.output] = run_node(node, rule_for(node, g.source), args, g.source)
     return env
+
+
+def run_node(node, rule, args: list, source: str = "") -> torch.Tensor:
+    """``rule.forward(node, *args)``; an error other than perturbkit's own says which node failed."""
+    try:
+        return rule.forward(node, *args)
+    except PerturbkitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised with the location
+        raise ModelError(f"while executing {node.where(source)}: {type(e).__name__}: {e}") from e
