@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from perturbkit._atomic import write_npz_atomic
+from perturbkit.cli._attack_common import _check_outputs
 from perturbkit.cli.io import write_json_atomic
 from perturbkit.errors import InputError
 
@@ -66,15 +66,7 @@ def validate(cfg: AttackCmdConfig) -> None:
             raise InputError(f"unknown attack {a!r}; available: {', '.join(ATTACKS)}")
     if cfg.shape is not None and any(d < 1 for d in cfg.shape):
         raise InputError(f"--shape must be positive sizes, got {cfg.shape}")
-    outs = [(f, t) for f, t in (("--json", cfg.json_out), ("--save-adv", cfg.save_adv), ("--state", cfg.state)) if t]
-    for flag, target in outs:
-        folder = Path(target).parent
-        if not folder.is_dir():
-            raise InputError(f"{flag} {target}: folder {folder} does not exist")
-        if Path(target).is_dir():
-            raise InputError(f"{flag} {target} is a directory, expected a file name")
-    if len({t for _, t in outs}) < len(outs):
-        raise InputError("--json, --save-adv and --state must name different files")
+    _check_outputs([("--json", cfg.json_out), ("--save-adv", cfg.save_adv), ("--state", cfg.state)])
 
 
 def _targets(y: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
