@@ -23,7 +23,7 @@ def _root(neurons, lo, hi, K):
     dt = lo.dtype
     return bab._Boxes(lo[None], hi[None], torch.zeros(1, K, n, dtype=dt), torch.zeros(1, K, dtype=dt),
                       torch.zeros(1, dtype=torch.int64), torch.zeros(1, neurons.total, dtype=torch.int8),
-                      torch.full((1, 2), -float("inf"), dtype=dt))
+                      torch.full((1, 2), -float("inf"), dtype=dt), torch.full((1, K), -1, dtype=torch.int64))
 
 
 def _split_all(net, neurons, bx, C, d, owner):
@@ -73,3 +73,52 @@ def test_children_bounds_hold_where_their_signs_hold(seed):
                 # the tightened box still holds those points
                 assert bool(((x[holds] >= level.lo[i] - 1e-9) & (x[holds] <= level.hi[i] + 1e-9)).all())
         assert bool(covered.all()), "the children must cover the parent"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_inherited_signs_and_refreshed_cuts_hold_on_descendants(seed):
+    """After bounding, an open sub-problem fixes the sign of every neuron its bounds show
+    stable and refreshes its cuts from its own bounds; its input-split children inherit both.
+    At every sampled point of a child's box where the child's *split* signs hold, all its
+    fixed signs, all its cuts and its lower bound must hold."""
+    net = _net(seed)
+    neurons = bab._Neurons(net)
+    dt = torch.float64
+    lo = -torch.ones(3, dtype=dt) * 0.7
+    hi = torch.ones(3, dtype=dt) * 0.7
+    C = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=dt)
+    d = torch.zeros(2, dtype=dt)
+    owner = torch.zeros(2, dtype=torch.int64)
+    width0 = hi - lo
+    x = lo + (hi - lo) * torch.rand(40000, 3, generator=torch.Generator().manual_seed(seed), dtype=dt)
+    with torch.no_grad():
+        y = net(x)
+        z = _pre_activations(net, neurons, x)
+    _, level = _split_all(net, neurons, _root(neurons, lo, hi, K=4), C, d, owner)
+    checked = 0
+    for _ in range(3):
+        ctx, lb, A, empty = bab.bound_boxes(net, neurons, level, C, record=True)
+        sel = torch.nonzero(~empty).flatten()
+        level = level.take(sel)
+        level.signs = bab._with_stable_signs(ctx, neurons, sel, level.signs)
+        bab._refresh_cuts(ctx, neurons, sel, level)
+        margin = lb[sel] - d
+        level = bab._Boxes.cat(bab._input_children(level, A[sel], margin, bab.clause_max(margin, owner, 1), owner,
+                                                   width0))
+        ctx, lb, _, empty = bab.bound_boxes(net, neurons, level, C)
+        for i in range(len(level)):
+            inside = ((x >= level.lo[i] - 1e-12) & (x <= level.hi[i] + 1e-12)).all(1)
+            split = level.neuron[i][level.neuron[i] >= 0]
+            s = level.signs[i, split].to(dt)
+            pts = inside & (z[:, split] * s >= 0).all(1)
+            if not bool(pts.any()):
+                continue
+            checked += int(pts.sum())
+            assert not bool(empty[i]), "a child with points was declared empty"
+            fixed = level.signs[i].to(dt)
+            assert bool(((z[pts] * fixed >= -1e-9) | (fixed == 0)).all()), "an inherited sign does not hold"
+            k = int(level.used[i])
+            cut = x[pts] @ level.H[i, :k].T + level.g[i, :k]
+            assert bool((cut >= -1e-9).all()), "a refreshed cut excludes a point of the sub-problem"
+            assert bool(((y[pts] @ C.T) >= lb[i] - 1e-9).all())
+    assert checked > 1000

@@ -53,8 +53,13 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> dict[str, torch.Tensor]:
     need = _needs_bounds(ctx)
     tightened: dict[str, torch.Tensor] = {}
     for node in ctx.graph.nodes:
-        itv = interval_of(ctx, node)
-        if mode == "crown" and node.output in need and node.output not in ctx.linear_prefix:
+        # prior bounds first: an element they already make stable needs no CROWN pass.  A
+        # linear value that needs an exact range and feeds a nonlinearity gets it here, only
+        # for the elements that are unstable (the backward pass is exact on it).
+        by_mask = mode == "crown" and node.output in need and (
+            node.output not in ctx.linear_prefix or node.output in ctx.exact_linear)
+        itv = with_prior(ctx, node.output, interval_of(ctx, node, exact=not by_mask))
+        if by_mask:
             mask = _unstable_mask(ctx, need[node.output], itv)
             idx = mask.reshape(ctx.batch, -1).any(0).nonzero().squeeze(1)
             if idx.numel():

@@ -144,7 +144,10 @@ def _exact_linear_values(net: Network, is_box: bool) -> tuple[set[str], set[str]
             if is_box:
                 continue
         need.add(n.output)
-    return need, linear
+    # a linear value read only by linear nodes needs no exact interval of its own: those
+    # nodes' outputs get theirs (e.g. MatMul -> Add: only the Add output)
+    read_outside = {i for n in g.nodes if n.output not in linear for i in n.inputs} | {g.output_name}
+    return need & read_outside, linear
 
 
 def args_for(ctx: Context, node: Node, perturbed) -> list:
@@ -152,7 +155,7 @@ def args_for(ctx: Context, node: Node, perturbed) -> list:
     return [ctx.consts[i] if i in ctx.consts else perturbed(i) for i in node.inputs]
 
 
-def interval_of(ctx: Context, node: Node) -> Interval:
+def interval_of(ctx: Context, node: Node, *, exact: bool = True) -> Interval:
     """IBP through one node from the current intervals of its inputs.
 
     One refinement over plain interval arithmetic: values that are affine functions of the
@@ -163,7 +166,7 @@ def interval_of(ctx: Context, node: Node) -> Interval:
     """
     rule = rule_for(node, ctx.graph.source)
     itv = rule.interval(node, *args_for(ctx, node, lambda name: ctx.intervals[name]))
-    if node.output in ctx.exact_linear:
+    if exact and node.output in ctx.exact_linear:
         n = itv.lo[0].numel()
         itv = tighten(ctx, node.output, itv, torch.arange(n, device=ctx.device))
     return itv
