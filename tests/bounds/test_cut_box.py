@@ -71,3 +71,33 @@ def test_empty_set_is_reported():
     g = torch.tensor([[-3.0]], dtype=torch.float64)  # x0 + x1 >= 3: misses the unit square
     assert bool(CutBox(lo, hi, H, g).is_empty().all())
     assert not bool(CutBox(lo, hi, H, torch.tensor([[-1.5]], dtype=torch.float64)).is_empty().any())
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_min_linear_skips_half_spaces_that_do_not_cut_the_box(seed):
+    """A batch mixing rows without cuts, rows whose cuts all hold on the whole box, and rows
+    with one live cut among redundant ones (in any slot): CutBox.min_linear works on the live
+    cuts only, and must still equal the LP over the whole set (one live cut: exact)."""
+    g = torch.Generator().manual_seed(seed)
+    dt = torch.float64
+    B, K, n = 6, 3, 1 + seed % 5
+    lo = torch.randn(B, n, generator=g, dtype=dt)
+    hi = lo + torch.rand(B, n, generator=g, dtype=dt) * 2
+    H = torch.randn(B, K, n, generator=g, dtype=dt)
+    mid = (lo + hi) / 2
+    slack = (H.abs() * (hi - lo).unsqueeze(1)).sum(-1)  # a cut offset by this holds on all the box
+    gg = -(H @ mid.unsqueeze(-1)).squeeze(-1) + slack
+    H[0] = 0  # row 0: no cuts at all (zero slots)
+    gg[0] = 0
+    live = seed % K  # rows 2..: one live cut (through the box's centre), in slot `live`
+    gg[2:, live] = -(H[2:, live] * mid[2:]).sum(-1)
+    A = torch.randn(B, 4, n, generator=g, dtype=dt)
+    s = CutBox(lo, hi, H, gg, tighten=False)
+    assert s._rows.tolist() == [2, 3, 4, 5]
+    lb = s.min_linear(A)
+    full = cut_min_linear(A, lo, hi, H, gg)
+    for b in range(B):
+        for r in range(A.shape[1]):
+            exact = _lp(A[b, r], lo[b], hi[b], H[b], gg[b])
+            assert lb[b, r].item() == pytest.approx(exact, abs=1e-9)
+            assert full[b, r].item() <= exact + 1e-9

@@ -112,6 +112,15 @@ class CutBox(PerturbationSet):
         object.__setattr__(self, "upper", upper)
         object.__setattr__(self, "H", H)
         object.__setattr__(self, "g", g)
+        # the half-spaces that cut the box at all (the others hold on all of it and change no
+        # minimum), moved to the front of each row: min_linear only works on those
+        live = (torch.minimum(H * lower.unsqueeze(1), H * upper.unsqueeze(1)).sum(-1) + g) < 0  # (B, K)
+        rows = torch.nonzero(live.any(1)).flatten()
+        k = int(live.sum(1).max()) if rows.numel() else 0
+        order = torch.sort((~live[rows]).to(torch.int8), dim=1, stable=True).indices[:, :k]
+        object.__setattr__(self, "_rows", rows)
+        object.__setattr__(self, "_H_live", H[rows].gather(1, order.unsqueeze(2).expand(-1, -1, n)) * live[rows].gather(1, order).unsqueeze(2))
+        object.__setattr__(self, "_g_live", g[rows].gather(1, order) * live[rows].gather(1, order))
 
     @property
     def reference(self) -> Tensor:
@@ -142,10 +151,13 @@ class CutBox(PerturbationSet):
         return self.empty
 
     def min_linear(self, A: Tensor) -> Tensor:
-        if self.H.shape[1] == 0:
-            mid, rad = (self.upper + self.lower) / 2, (self.upper - self.lower) / 2
-            return (A @ mid.unsqueeze(-1)).squeeze(-1) - (A.abs() @ rad.unsqueeze(-1)).squeeze(-1)
-        return cut_min_linear(A, self.lower, self.upper, self.H, self.g)
+        mid, rad = (self.upper + self.lower) / 2, (self.upper - self.lower) / 2
+        out = (A @ mid.unsqueeze(-1)).squeeze(-1) - (A.abs() @ rad.unsqueeze(-1)).squeeze(-1)
+        rows = self._rows
+        if rows.numel():  # rows with a half-space that cuts the box: the dual, on those only
+            out = out.index_put((rows,), cut_min_linear(A[rows], self.lower[rows], self.upper[rows], self._H_live,
+                                                        self._g_live))
+        return out
 
     def sample(self, k: int, generator: torch.Generator | None = None) -> Tensor:
         """``k`` points per batch entry (k, B, n) by rejection from the box; entries whose

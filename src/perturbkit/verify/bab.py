@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from perturbkit.bounds.alpha_crown import Adam
-from perturbkit.bounds.crown import intermediate_bounds, spec_rows
+from perturbkit.bounds.crown import intermediate_bounds
 from perturbkit.bounds.engine import Context, backward, linear_bounds_pairs, make_context
 from perturbkit.graph.network import Network
 from perturbkit.ops.base import Interval
@@ -309,7 +309,8 @@ def bound_boxes(net: Network, neurons: _Neurons, bx: _Boxes, C: Tensor, *, recor
         intermediate_bounds(ctx, mode="crown")
         ctx.keep_input_coeffs = True
         ctx.activation_coeffs = {} if record else None
-        r = backward(ctx, net.graph.output_name, spec_rows(ctx, C.unsqueeze(0).expand(N, R, -1)))
+        # lower bounds of the rows only (their upper bounds are never used here)
+        r = backward(ctx, net.graph.output_name, C.unsqueeze(0).expand(N, R, -1).reshape(N, R, *net.graph.output_shape))
     for name in ctx.prior:  # a fixed sign its bounds contradict: that part of the box is empty
         itv = ctx.intervals[name]
         empty |= (itv.lo > itv.hi).reshape(N, -1).any(1)
