@@ -193,6 +193,7 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
     hi0 = torch.from_numpy(np.array(case.box.upper)).to(dt)
     n = lo0.numel()
     width0 = torch.where(hi0 > lo0, hi0 - lo0, torch.ones_like(hi0))
+    sens = input_sensitivity(net, (lo0 + hi0) / 2)
     neurons = _Neurons(net)
     K = config.max_cuts if config.relu_split else 0
     root = _Boxes(lo0.unsqueeze(0), hi0.unsqueeze(0), torch.zeros(1, K, n, dtype=dt), torch.zeros(1, K, dtype=dt),
@@ -276,7 +277,7 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
                 children += _relu_children(ctx, neurons, bx, sel, relu, score)
         rest = torch.nonzero(~relu).flatten()
         if rest.numel():
-            children += _input_children(bx.take(rest), A[rest], margin[rest], per_clause[rest], owner, width0)
+            children += _input_children(bx.take(rest), A[rest], margin[rest], per_clause[rest], owner, sens)
         for ch in children:
             stack.append(ch)
             n_open += len(ch)
@@ -431,8 +432,8 @@ def _pop(stack: list, k: int) -> _Boxes:
 
 
 def _input_children(bx: _Boxes, A: Tensor, margin: Tensor, per_clause: Tensor, owner: Tensor,
-                    width0: Tensor) -> list:
-    dim = _split_dim(bx.lo, bx.hi, A, margin, per_clause, owner, width0)
+                    sens: Tensor) -> list:
+    dim = _split_dim(bx.lo, bx.hi, A, margin, per_clause, owner, sens)
     mid = (bx.lo.gather(1, dim[:, None]) + bx.hi.gather(1, dim[:, None])) / 2
     left = _Boxes(bx.lo, bx.hi.clone().scatter_(1, dim[:, None], mid), bx.H, bx.g, bx.used, bx.signs, bx.best,
                   bx.neuron)
@@ -505,6 +506,35 @@ def _relu_children(ctx, neurons: _Neurons, bx: _Boxes, sel: Tensor, relu: Tensor
     return children
 
 
+def input_sensitivity(net: Network, centre: Tensor) -> Tensor:
+    """(n,) how strongly each input dimension moves the network's first layer:
+    ``sum_k |dz_k / dx_j|`` over the values z that nonlinear nodes read while they are still
+    affine functions of the input (the linear prefix: first-layer pre-activations, after any
+    normalisation).  Affine, so one finite difference per dimension is exact.  A width times
+    this is the spread that dimension gives the first layer, in the units the network sees,
+    whatever units the property's input box is written in (1e-12 of the largest at least)."""
+    from perturbkit.bounds.engine import _exact_linear_values
+    from perturbkit.ops.registry import rule_for
+
+    g = net.graph
+    _, linear = _exact_linear_values(net, True)
+    read = {i for node in g.nodes if rule_for(node, g.source).kind != "affine" for i in node.inputs if i in linear}
+    if g.output_name in linear:
+        read.add(g.output_name)
+    n = centre.numel()
+    x = centre.to(torch.float64).reshape(1, n).repeat(n + 1, 1)
+    x[1:] += torch.eye(n, dtype=torch.float64)
+    with torch.no_grad():
+        vals = net.run(net.internal(x.reshape(n + 1, *net.sample_shape), n + 1))
+    sens = torch.zeros(n, dtype=torch.float64)
+    for name in read:
+        v = vals[name].reshape(n + 1, -1).to(torch.float64)
+        sens += (v[1:] - v[:1]).abs().sum(1)
+    if not bool(torch.isfinite(sens).all()) or float(sens.max()) <= 0:
+        return torch.ones(n, dtype=centre.dtype)
+    return sens.clamp_min(1e-12 * float(sens.max())).to(centre.dtype)
+
+
 def _candidates(lo: Tensor, hi: Tensor, A: Tensor) -> Tensor:
     """(N*(1+R), n): centres and, per row, the box corner minimising the row's bound."""
     mid = (lo + hi) / 2
@@ -513,7 +543,7 @@ def _candidates(lo: Tensor, hi: Tensor, A: Tensor) -> Tensor:
 
 
 def _split_dim(lo: Tensor, hi: Tensor, A: Tensor, margin: Tensor, per_clause: Tensor, owner: Tensor,
-               width0: Tensor) -> Tensor:
+               sens: Tensor) -> Tensor:
     """Dimension to split per box (see the module docstring): (N,) int64.
 
     Score = smear (``|a_j| * width_j`` summed over the best row of every open clause) plus
@@ -525,7 +555,7 @@ def _split_dim(lo: Tensor, hi: Tensor, A: Tensor, margin: Tensor, per_clause: Te
     row_open = (clause_best <= 0) & (margin >= clause_best)  # the best row of each open clause
     smear = ((A.abs() * width.unsqueeze(1)) * row_open.unsqueeze(2).to(A.dtype)).sum(1)
     smear = smear / smear.max(1, keepdim=True).values.clamp_min(torch.finfo(A.dtype).tiny)
-    rel = width / width0
+    rel = width * sens
     rel = rel / rel.max(1, keepdim=True).values.clamp_min(torch.finfo(A.dtype).tiny)
     score = torch.where(width > 0, smear + rel, torch.full_like(smear, -1.0))
     return score.argmax(1)
