@@ -11,11 +11,18 @@ the box, so halving dimension j improves it by at least ``|a_j| rad_j / 2`` befo
 relaxations tighten.  For every unproved clause we take its most promising row (largest
 lower bound) and score dimensions by ``|a_j| * width_j`` summed over those rows (the
 "smear" heuristic of ReluVal/nnenum, with CROWN's coefficients instead of gradient
-intervals), normalised per box, plus the dimension's width relative to the original box,
-also normalised.  Smear alone can keep cutting one dimension while the looseness that
-matters comes from the relaxations of neurons driven by the others (measured on ACAS Xu:
-1_1/prop_4 and 1_4/prop_1 ran out of time with smear alone and took 0.2-0.3 s with the
-sum); the width term makes every dimension shrink in turn, the smear term orders them.
+intervals), normalised per box, plus the dimension's width in the units the network sees,
+also normalised: ``width_j * sens_j`` with ``sens_j`` the L1 norm of the first layer's
+column for input j (:func:`input_sensitivity`).  Smear alone can keep cutting one
+dimension while the looseness that matters comes from the relaxations of neurons driven by
+the others (measured on ACAS Xu: 1_1/prop_4 and 1_4/prop_1 ran out of time with smear
+alone and took 0.2-0.3 s with the sum); the width term makes every dimension shrink in
+turn, the smear term orders them.  The width used to be relative to the property's box,
+which splits a dimension the property already pins down (ACAS Xu prop_1: 0.05 of the range
+in X_3 and X_4, 1.0 in X_1 and X_2) as often as a wide one: with the network's own units,
+2_9/prop_1 went from 36 000 sub-boxes and 12.6 s to 870 and 0.4 s, and 3_3/prop_2 was
+solved at all.  Strong branching (bounding both children of every dimension) and other
+weights of the two terms were measured and lost (docs/benchmarks.md).
 
 ReLU splits (``BabConfig.relu_split``): when at most that many neurons are still unstable
 in an open sub-box, the relaxation error comes from those few, and halving the box may not
@@ -27,10 +34,10 @@ relaxation becomes exact) and keeps the half-space the parent's linear bound of 
 (``U(x) >= 0`` resp. ``L(x) <= 0``; :class:`perturbkit.sets.cut_box.CutBox`), so its bounds
 only look at the part of the box where the sign can hold; a child whose cuts or fixed signs
 contradict its bounds is empty and dropped.  Each child covers exactly the parent's points
-where its sign holds, so the children cover the parent (tested by sampling).  Measured on
-ACAS Xu (2 workers, docs/benchmarks.md): 1_1/prop_5 10.9 s -> 4.1 s, the 113 solved
-instances 108 s -> 102 s of total time, no instance slower by more than noise.  Larger
-thresholds were erratic (10: 1_1/prop_5 timed out), so the default is 3.
+where its sign holds, so the children cover the parent (tested by sampling).  The
+threshold is 12: with cuts refreshed on every descendant (below), ACAS Xu 3_3/prop_2 takes
+56 s at 5, 34 s at 8, 21 s at 12, 24 s at 20 (with 10 cuts), and times out at 0 (116 s);
+before the refresh, thresholds above 3 were erratic (10: 1_1/prop_5 timed out).
 
 Every sub-problem keeps the best bound of each row found on its ancestors (its set is a
 subset of theirs): CROWN's adaptive relaxations are not monotone in the box, and a row a
@@ -95,7 +102,7 @@ class BabConfig:
     pgd_boxes: int = 32
     pgd_every: int = 4
     pgd_steps: int = 10
-    relu_split: int = 3
+    relu_split: int = 12
     max_cuts: int = 6
 
 
