@@ -122,3 +122,27 @@ def test_inherited_signs_and_refreshed_cuts_hold_on_descendants(seed):
             assert bool((cut >= -1e-9).all()), "a refreshed cut excludes a point of the sub-problem"
             assert bool(((y[pts] @ C.T) >= lb[i] - 1e-9).all())
     assert checked > 1000
+
+
+def test_input_sensitivity_is_the_first_layers_column_norm():
+    """sens_j = sum_k |dz_k/dx_j| over the first layer's pre-activations, normalisation
+    included (a Sub/Div in front scales it), a dimension the network ignores gets a floor."""
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 6).double()
+    with torch.no_grad():
+        lin.weight[:, 3] = 0.0
+
+    class Normalised(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = lin
+            self.tail = nn.Sequential(nn.ReLU(), nn.Linear(6, 2).double())
+
+        def forward(self, x):
+            return self.tail(self.lin((x - 0.5) / torch.tensor([1.0, 2.0, 4.0, 1.0], dtype=torch.float64)))
+
+    net = pk.load(Normalised().eval(), torch.zeros(1, 4, dtype=torch.float64))
+    sens = bab.input_sensitivity(net, torch.full((4,), 0.3, dtype=torch.float64))
+    expect = lin.weight.detach().abs().sum(0) / torch.tensor([1.0, 2.0, 4.0, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(sens[:3], expect[:3])
+    assert 0 < float(sens[3]) <= 1e-12 * float(sens.max()) * 1.0001

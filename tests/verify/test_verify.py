@@ -42,6 +42,10 @@ def _check_counterexample(path, prop, r):
     ("test_unsat", "test_prop", "unsat"),
     ("ACASXU_run2a_1_1_batch_2000", "prop_1", "unsat"),
     ("ACASXU_run2a_1_2_batch_2000", "prop_2", "sat"),
+    # a counterexample on a face of the box (X_0, X_1 at their lower bounds): falsify.py's face samples
+    ("ACASXU_run2a_1_9_batch_2000", "prop_7", "sat"),
+    # prop_1 pins X_3, X_4 to 1/20 of X_1, X_2's range: split widths in the network's units
+    ("ACASXU_run2a_2_9_batch_2000", "prop_1", "unsat"),
 ])
 def test_known_answers(onnx_name, vnnlib_name, answer):
     path = CAMPAIGN / "onnx" / f"{onnx_name}.onnx"
