@@ -37,13 +37,9 @@ def _split_all(net, neurons, bx, C, d, owner):
     return lb, bab._Boxes.cat(bab._relu_children(ctx, neurons, bx, sel, mask, score))
 
 
-def _pre_activations(net, neurons, x):
-    vals = net.run(x)
-    return torch.cat([vals[node.inputs[0]].reshape(x.shape[0], -1) for node in neurons.nodes], 1)
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_children_bounds_hold_where_their_signs_hold(seed):
+def _setup(seed: int):
+    """A random 3-input net on [-0.7, 0.7]^3, the rows +-(y_0 - y_1) of one clause, and
+    40 000 sample points of the box."""
     net = _net(seed)
     neurons = bab._Neurons(net)
     dt = torch.float64
@@ -52,8 +48,20 @@ def test_children_bounds_hold_where_their_signs_hold(seed):
     C = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=dt)
     d = torch.zeros(2, dtype=dt)
     owner = torch.zeros(2, dtype=torch.int64)
-    root = _root(neurons, lo, hi, K=4)
     x = lo + (hi - lo) * torch.rand(40000, 3, generator=torch.Generator().manual_seed(seed), dtype=dt)
+    return net, neurons, lo, hi, C, d, owner, x
+
+
+def _pre_activations(net, neurons, x):
+    vals = net.run(x)
+    return torch.cat([vals[node.inputs[0]].reshape(x.shape[0], -1) for node in neurons.nodes], 1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_children_bounds_hold_where_their_signs_hold(seed):
+    net, neurons, lo, hi, C, d, owner, x = _setup(seed)
+    dt = torch.float64
+    root = _root(neurons, lo, hi, K=4)
     with torch.no_grad():
         y = net(x)
         z = _pre_activations(net, neurons, x)
@@ -81,16 +89,9 @@ def test_inherited_signs_and_refreshed_cuts_hold_on_descendants(seed):
     stable and refreshes its cuts from its own bounds; its input-split children inherit both.
     At every sampled point of a child's box where the child's *split* signs hold, all its
     fixed signs, all its cuts and its lower bound must hold."""
-    net = _net(seed)
-    neurons = bab._Neurons(net)
+    net, neurons, lo, hi, C, d, owner, x = _setup(seed)
     dt = torch.float64
-    lo = -torch.ones(3, dtype=dt) * 0.7
-    hi = torch.ones(3, dtype=dt) * 0.7
-    C = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=dt)
-    d = torch.zeros(2, dtype=dt)
-    owner = torch.zeros(2, dtype=torch.int64)
     width0 = hi - lo
-    x = lo + (hi - lo) * torch.rand(40000, 3, generator=torch.Generator().manual_seed(seed), dtype=dt)
     with torch.no_grad():
         y = net(x)
         z = _pre_activations(net, neurons, x)
