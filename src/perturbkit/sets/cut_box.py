@@ -118,9 +118,10 @@ class CutBox(PerturbationSet):
         rows = torch.nonzero(live.any(1)).flatten()
         k = int(live.sum(1).max()) if rows.numel() else 0
         order = torch.sort((~live[rows]).to(torch.int8), dim=1, stable=True).indices[:, :k]
+        keep = live[rows].gather(1, order).to(H.dtype)  # slots past a row's live cuts: zero
         object.__setattr__(self, "_rows", rows)
-        object.__setattr__(self, "_H_live", H[rows].gather(1, order.unsqueeze(2).expand(-1, -1, n)) * live[rows].gather(1, order).unsqueeze(2))
-        object.__setattr__(self, "_g_live", g[rows].gather(1, order) * live[rows].gather(1, order))
+        object.__setattr__(self, "_H_live", H[rows].gather(1, order.unsqueeze(2).expand(-1, -1, n)) * keep.unsqueeze(2))
+        object.__setattr__(self, "_g_live", g[rows].gather(1, order) * keep)
 
     @property
     def reference(self) -> Tensor:

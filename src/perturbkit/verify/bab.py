@@ -65,9 +65,10 @@ import torch
 
 from perturbkit.bounds.alpha_crown import Adam
 from perturbkit.bounds.crown import intermediate_bounds
-from perturbkit.bounds.engine import Context, backward, linear_bounds_pairs, make_context
+from perturbkit.bounds.engine import Context, _exact_linear_values, backward, linear_bounds_pairs, make_context
 from perturbkit.graph.network import Network
 from perturbkit.ops.base import Interval
+from perturbkit.ops.registry import rule_for
 from perturbkit.sets.box import Box
 from perturbkit.sets.cut_box import CutBox
 from perturbkit.verify.falsify import clause_max, pgd_in_boxes
@@ -520,9 +521,6 @@ def input_sensitivity(net: Network, centre: Tensor) -> Tensor:
     normalisation).  Affine, so one finite difference per dimension is exact.  A width times
     this is the spread that dimension gives the first layer, in the units the network sees,
     whatever units the property's input box is written in (1e-12 of the largest at least)."""
-    from perturbkit.bounds.engine import _exact_linear_values
-    from perturbkit.ops.registry import rule_for
-
     g = net.graph
     _, linear = _exact_linear_values(net, True)
     read = {i for node in g.nodes if rule_for(node, g.source).kind != "affine" for i in node.inputs if i in linear}
@@ -554,7 +552,8 @@ def _split_dim(lo: Tensor, hi: Tensor, A: Tensor, margin: Tensor, per_clause: Te
     """Dimension to split per box (see the module docstring): (N,) int64.
 
     Score = smear (``|a_j| * width_j`` summed over the best row of every open clause) plus
-    the width relative to the original box, each normalised to a maximum of 1 per box.
+    the width in the network's units (``width_j * sens_j``, :func:`input_sensitivity`), each
+    normalised to a maximum of 1 per box.
     """
     N, R, n = A.shape
     width = hi - lo
