@@ -117,6 +117,13 @@ class ThreatModel:
             raise InputError(f"inputs lie outside the domain [{dom[0]}, {dom[1]}] (min {float(x.min()):.4g}, "
                              f"max {float(x.max()):.4g})")
 
+    def classifier(self, model: Any, x: Tensor) -> "Classifier":
+        """``model`` wrapped with this threat's normalisation, once ``x`` is checked against
+        the domain (the common start of every attack)."""
+        f = Classifier(model, mean=self.mean, std=self.std)
+        self.check_inputs(x)
+        return f
+
     def distance(self, x: Tensor, x_adv: Tensor) -> Tensor:
         """``||x_adv - x||_p`` per sample: (B,)."""
         return lp_norm(x_adv - x, self.p)
@@ -364,8 +371,7 @@ class Attack:
         t0 = time.perf_counter()
         x, y, target = as_tensor_batch(x, y, target)
         self.check_targets(y, target)
-        f = Classifier(model, mean=self.threat.mean, std=self.threat.std)
-        self.threat.check_inputs(x)
+        f = self.threat.classifier(model, x)
         gen = torch.Generator().manual_seed(self.seed)
         with f.attacking():
             with torch.no_grad():

@@ -194,7 +194,7 @@ def evaluate(model: Any, data: Union[tuple, str], threat: ThreatModel, *,
             raise InputError(f"attack {a.name} has another threat model than the evaluation")
     if threat.targeted and t_all is None:
         raise InputError("the threat model is targeted: give targets")
-    f = Classifier(model, mean=threat.mean, std=threat.std)
+    f = threat.classifier(model, x_all)
     N = x_all.shape[0]
     x_np, y_np = x_all.cpu().numpy(), y_all.cpu().numpy()
     fp = _fingerprint(x_np, y_np, threat, stages, batch_size, None if t_all is None else t_all.cpu().numpy())

@@ -244,8 +244,7 @@ class OutputAttack:
         t0 = time.perf_counter()
         x = as_batch(x)
         B = x.shape[0]
-        f = Classifier(model, mean=self.threat.mean, std=self.threat.std)
-        self.threat.check_inputs(x)
+        f = self.threat.classifier(model, x)
         gen = torch.Generator().manual_seed(self.seed)
         threshold = None if self.threshold is None else per_sample(self.threshold, B, "threshold", x)
         if self.goal == "deviation" and threshold is not None and bool((threshold < 0).any()):

@@ -268,8 +268,7 @@ class OrderedTopK(Attack):
         """Attack ``x`` (labels ``y``) towards the ordered ``targets`` (B, K); see the class."""
         t0 = time.perf_counter()
         x, y, _ = as_tensor_batch(x, y)
-        f = Classifier(model, mean=self.threat.mean, std=self.threat.std)
-        self.threat.check_inputs(x)
+        f = self.threat.classifier(model, x)
         gen = torch.Generator().manual_seed(self.seed)
         with f.attacking():
             with torch.no_grad():
