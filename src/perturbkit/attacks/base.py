@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator, Optional, Union
@@ -32,9 +33,11 @@ from typing import Any, Callable, ClassVar, Iterator, Optional, Union
 import numpy as np
 import torch
 
-from perturbkit.attacks.losses import fooled, margin
+from perturbkit.attacks.losses import fooled, loss_and_grad, margin
 from perturbkit.attacks.norms import lp_norm, project_ball, project_l1_box
 from perturbkit.errors import InputError, ModelError
+from perturbkit.graph.network import Network
+from perturbkit.graph.vjp import GradientProgram
 
 Tensor = torch.Tensor
 
@@ -161,15 +164,54 @@ class Classifier:
         self.chunk_rows = _chunk_rows(model)
         self.mean_t = None if mean is None else torch.as_tensor(mean, dtype=torch.float64)
         self.std_t = None if std is None else torch.as_tensor(std, dtype=torch.float64)
+        #: a perturbkit Network's gradients come from its GradientProgram (no autograd; see
+        #: :mod:`perturbkit.graph.vjp`) unless ``PERTURBKIT_GRADIENTS=autograd`` is set
+        self.program = None
+        if isinstance(model, Network) and os.environ.get("PERTURBKIT_GRADIENTS", "") != "autograd":
+            self.program = GradientProgram.for_network(model)
+
+    def _normalise(self, x: Tensor) -> Tensor:
+        if self.mean_t is None:
+            return x
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - self.mean_t.to(x.dtype).to(x.device).reshape(shape)) / self.std_t.to(x.dtype).to(x.device).reshape(shape)
 
     def __call__(self, x: Tensor) -> Tensor:
-        if self.mean_t is not None:
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            x = (x - self.mean_t.to(x.dtype).to(x.device).reshape(shape)) / self.std_t.to(x.dtype).to(x.device).reshape(shape)
-        z = self.model(x)
+        z = self.model(self._normalise(x))
         if not isinstance(z, Tensor):
             raise ModelError(f"the model returned a {type(z).__name__}, expected a tensor of logits")
         return z.reshape(z.shape[0], -1)
+
+    def forward_vjp(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """Logits ``(B, C)`` at ``x`` and the pull-back ``dz (B, C) -> d <dz, f(x)> / dx``
+        (``x.shape``), which may be called several times (e.g. once per logit).
+
+        A Network is differentiated by its :class:`~perturbkit.graph.vjp.GradientProgram`;
+        anything else by autograd through :meth:`__call__`."""
+        if self.program is not None:
+            net, b = self.model, x.shape[0]
+            xn = self._normalise(x.detach())
+            z, tape = self.program.forward(net.internal(xn, b))
+            z = z.reshape(b, -1)
+
+            def pull(dz: Tensor) -> Tensor:
+                g = self.program.pullback(tape, dz.reshape(b, *net.graph.output_shape)).reshape(x.shape)
+                if self.std_t is not None:
+                    g = g / self.std_t.to(g.dtype).to(g.device).reshape((1, -1) + (1,) * (x.dim() - 2))
+                return g
+
+            return z, pull
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            z = self(xg)
+
+        def pull_autograd(dz: Tensor) -> Tensor:
+            if not z.requires_grad:
+                return torch.zeros_like(xg)
+            (g,) = torch.autograd.grad(z, xg, dz, retain_graph=True, allow_unused=True)
+            return torch.zeros_like(xg) if g is None else g
+
+        return z.detach(), pull_autograd
 
     @contextlib.contextmanager
     def attacking(self) -> Iterator["Classifier"]:
@@ -408,6 +450,10 @@ def run_loss(f: Callable[[Tensor], Tensor], loss: Callable[..., Tensor], x: Tens
 
 
 def _run_loss(f, loss, x, y, target):
+    if isinstance(f, Classifier):
+        z, pull = f.forward_vjp(x)
+        l, dz = loss_and_grad(loss, z, y, target)
+        return z, l, pull(dz)
     xg = x.detach().requires_grad_(True)
     with torch.enable_grad():
         z = f(xg)

@@ -205,28 +205,25 @@ class FAB(Attack):
     @staticmethod
     def _jacobian(f: Classifier, x: Tensor) -> tuple[Tensor, Tensor]:
         """Logits (N, C) and the gradients of every logit (N, C, n): one forward, C backward passes."""
-        xg = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            z = f(xg)
-            C = z.shape[1]
-            grads = []
-            for j in range(C):
-                (g,) = torch.autograd.grad(z[:, j].sum(), xg, retain_graph=j < C - 1)
-                grads.append(g.reshape(x.shape[0], -1))
-        return z.detach(), torch.stack(grads, 1)
+        z, pull = f.forward_vjp(x)
+        C = z.shape[1]
+        eye = torch.eye(C, dtype=z.dtype, device=z.device)
+        grads = [pull(eye[j].expand_as(z)).reshape(x.shape[0], -1) for j in range(C)]
+        return z, torch.stack(grads, 1)
 
     @staticmethod
     def _pair_gradient(f: Classifier, x: Tensor, pos: Tensor, neg: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """``df = f_pos - f_neg`` (N, 1) and its gradient (N, 1, n) in one backward pass;
         ``neg=None``: the largest logit other than ``pos`` at ``x``.  Also the logits (N, C)."""
-        xg = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            z = f(xg)
-            if neg is None:
-                neg = z.detach().scatter(1, pos[:, None], -math.inf).argmax(1)
-            diff = z.gather(1, pos[:, None]).squeeze(1) - z.gather(1, neg[:, None]).squeeze(1)
-            (g,) = torch.autograd.grad(diff.sum(), xg)
-        return z.detach(), diff.detach()[:, None], g.reshape(x.shape[0], 1, -1)
+        z, pull = f.forward_vjp(x)
+        if neg is None:
+            neg = z.scatter(1, pos[:, None], -math.inf).argmax(1)
+        diff = z.gather(1, pos[:, None]).squeeze(1) - z.gather(1, neg[:, None]).squeeze(1)
+        dz = torch.zeros_like(z)
+        dz.scatter_(1, pos[:, None], 1.0)
+        dz.scatter_add_(1, neg[:, None], torch.full_like(diff[:, None], -1.0))
+        g = pull(dz)
+        return z, diff[:, None], g.reshape(x.shape[0], 1, -1)
 
     def _boundaries(self, f: Classifier, x1: Tensor, y: Tensor, t: Optional[Tensor], mode: str):
         """Linearised boundaries at ``x1``: values ``df`` (N, K) (negative on the correct side)

@@ -74,6 +74,27 @@ def loss_fn(name: str) -> Callable[..., Tensor]:
         raise InputError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}") from None
 
 
+def loss_and_grad(loss, z: Tensor, y: Tensor, target: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """The per-sample loss (B,) and its gradient with respect to the logits (B, C).
+
+    Cross-entropy's gradient is written out (``softmax(z) - onehot``); any other loss is
+    differentiated by autograd on the logits alone."""
+    z = z.detach()
+    if loss is ce:
+        cls = y if target is None else target
+        m = z.amax(1, keepdim=True)
+        e = (z - m).exp()
+        s = e.sum(1, keepdim=True)
+        l = (s.log() + m).squeeze(1) - z.gather(1, cls[:, None]).squeeze(1)
+        dz = (e / s).scatter_add_(1, cls[:, None], torch.full_like(m, -1.0))
+        return (l, dz) if target is None else (-l, dz.neg_())
+    zg = z.requires_grad_(True)
+    with torch.enable_grad():
+        l = loss(zg, y, target)
+        (dz,) = torch.autograd.grad(l.sum(), zg)
+    return l.detach(), dz
+
+
 def fooled(z: Tensor, y: Tensor, target: Optional[Tensor] = None) -> Tensor:
     """Success of an attack at logits z: misclassified (untargeted) or target reached. (B,) bool."""
     pred = z.argmax(1)

@@ -32,6 +32,36 @@ from perturbkit.attacks.search import check_pgd_options
 Tensor = torch.Tensor
 
 
+#: the batch drops its fooled points once they are at least 1 / COMPACT_AT of it (until then
+#: they ride along, frozen at their first fooled iterate: dropping rows costs a dozen
+#: indexing operations, which on a small model cost more than a few rows of gradient)
+COMPACT_AT = 4
+
+
+class _Run:
+    """The points of one restart still being attacked, with their best iterate ``kb`` and
+    its loss ``kl`` (+inf once fooled); ``idx`` maps them back into the whole batch."""
+
+    def __init__(self, x0: Tensor, y: Tensor, t: Optional[Tensor], idx: Tensor, kb: Tensor, kl: Tensor, box):
+        self.x0, self.y, self.t, self.idx, self.kb, self.kl, self.box = x0, y, t, idx, kb, kl, box
+
+    def compact(self, best: Tensor, best_loss: Tensor, done: Tensor, final: bool = False) -> Optional[Tensor]:
+        """Write the fooled points (all points if ``final``) back into ``best``, ``best_loss``
+        and ``done``; keep the others.  Returns the mask of the points kept."""
+        hit = self.kl == math.inf
+        if final:
+            best[self.idx], best_loss[self.idx] = self.kb, self.kl
+            done[self.idx[hit]] = True
+            return None
+        best[self.idx[hit]], best_loss[self.idx[hit]] = self.kb[hit], self.kl[hit]
+        done[self.idx[hit]] = True
+        keep = ~hit
+        self.x0, self.y, self.idx, self.kb, self.kl = self.x0[keep], self.y[keep], self.idx[keep], self.kb[keep], self.kl[keep]
+        self.t = None if self.t is None else self.t[keep]
+        self.box = None if self.box is None else (self.box[0][keep], self.box[1][keep])
+        return keep
+
+
 class FGSM(Attack):
     """One step of length eps (see the module docstring); loss ``ce`` by default."""
 
@@ -84,47 +114,39 @@ class PGD(Attack):
         best = x.clone()
         done = torch.zeros(B, dtype=torch.bool, device=x.device)
         best_loss = torch.full((B,), -math.inf, dtype=x.dtype, device=x.device)
+        view = (-1,) + (1,) * (x.dim() - 1)
         for _ in range(self.restarts):
             idx = torch.nonzero(~done).flatten()
             if not idx.numel():
                 break
-            x0, y0 = x[idx], y[idx]
-            t0 = None if target is None else target[idx]
-            xa = x0 + random_start(x0, tm.eps, tm.p, generator) if self.random_start else x0.clone()
-            xa = tm.project(x0, xa)
-            box = self._linf_box(x0)  # Linf: the projection is one clamp into these bounds
-            view = (-1,) + (1,) * (x0.dim() - 1)
-            # the active points' best iterate and loss (written back when points leave)
-            kb, kl = best[idx], best_loss[idx]
+            run = _Run(x[idx], y[idx], None if target is None else target[idx], idx, best[idx], best_loss[idx],
+                       self._linf_box(x[idx]))
+            xa = run.x0 + random_start(run.x0, tm.eps, tm.p, generator) if self.random_start else run.x0.clone()
+            xa = tm.project(run.x0, xa)
             for step in range(self.steps + 1):
                 if step < self.steps:
-                    z, l, g = run_loss(f, self.loss, xa, y0, t0)
+                    z, l, g = run_loss(f, self.loss, xa, run.y, run.t)
                 else:  # the last iterate is only evaluated: no gradient needed
                     with torch.no_grad():
                         z = f(xa)
-                        l = self.loss(z, y0, t0)
-                hit = fooled(z, y0, t0)
-                kb = torch.where((l > kl).view(view), xa, kb)
-                kl = torch.maximum(kl, l)
-                if bool(hit.any()):  # a point fooled once is done: it leaves the batch
-                    kb[hit], kl[hit] = xa[hit], math.inf
-                    best[idx[hit]], best_loss[idx[hit]] = kb[hit], kl[hit]
-                    done[idx[hit]] = True
-                    keep = ~hit
-                    idx, x0, y0, xa, g, kb, kl = idx[keep], x0[keep], y0[keep], xa[keep], g[keep], kb[keep], kl[keep]
-                    t0 = None if t0 is None else t0[keep]
-                    box = None if box is None else (box[0][keep], box[1][keep])
-                    if not idx.numel():
-                        break
-                if step == self.steps:
+                        l = self.loss(z, run.y, run.t)
+                # a fooled iterate gets loss +inf: it becomes the point's best iterate, and its
+                # best loss +inf marks the point as done (no later iterate can replace it)
+                l = l.masked_fill(fooled(z, run.y, run.t), math.inf)
+                run.kb = torch.where((l > run.kl).view(view), xa, run.kb)
+                run.kl = torch.maximum(run.kl, l)
+                n_done = int((run.kl == math.inf).sum())
+                if n_done == run.kl.numel() or step == self.steps:
                     break
-                if box is not None:
-                    xa = torch.clamp(xa + self.step_size * g.sign(), box[0], box[1])
+                if n_done * COMPACT_AT >= run.kl.numel():  # enough points fooled: drop them
+                    keep = run.compact(best, best_loss, done)
+                    xa, g = xa[keep], g[keep]
+                if run.box is not None:
+                    xa = torch.add(xa, g.sign(), alpha=self.step_size).clamp_(run.box[0], run.box[1])
                 else:
                     d = steepest_direction(g, tm.p, x=xa, domain=tm.domain, l1_fraction=self.l1_fraction)
-                    xa = tm.project(x0, xa + self.step_size * d)
-            if idx.numel():
-                best[idx], best_loss[idx] = kb, kl
+                    xa = tm.project(run.x0, xa + self.step_size * d)
+            run.compact(best, best_loss, done, final=True)
         return best
 
     def _linf_box(self, x0: Tensor) -> Optional[tuple[Tensor, Tensor]]:

@@ -47,8 +47,12 @@ class Gemm(AffineRule):
         return _t(x) if node.attrs.get("transA", 0) else x
 
     def forward(self, node: Node, *xs: torch.Tensor) -> torch.Tensor:
-        y = _matmul(self._a(node, xs[0]), self._weight(node, xs))
-        b = self._bias(node, xs)
+        a, W, b = self._a(node, xs[0]), self._weight(node, xs), self._bias(node, xs)
+        if b is not None and b.dim() <= 1 and W.dim() == 2 and a.dim() >= 2:
+            # one fused call (the common case: a vector bias); leading dims folded into rows
+            y = torch.addmm(b, a.reshape(-1, a.shape[-1]), W)
+            return y.reshape(*a.shape[:-1], W.shape[-1])
+        y = _matmul(a, W)
         return y if b is None else y + b
 
     def interval(self, node: Node, x: Interval, *consts) -> Interval:

@@ -1,0 +1,317 @@
+"""Input gradients of a :class:`~perturbkit.graph.network.Network` without autograd.
+
+Attacks need ``d <v, f(x)> / dx`` for a batch of inputs thousands of times, on networks
+that are often small.  PyTorch's autograd pays for recording a graph on every call, and
+oneDNN's transposed convolution is several times slower than the forward convolution for
+layers with few channels (an image's first layers).  :class:`GradientProgram` runs the
+network's forward rules once under ``no_grad``, keeps what each node's derivative needs,
+and pulls a cotangent back node by node (reverse topological order):
+
+* affine nodes with one runtime input (Gemm, MatMul, Conv, Reshape, Flatten, BatchNorm,
+  Pad, Slice, Transpose, pooling by averaging, ...) and Add/Sub/Concat of runtime values:
+  the rule's own ``backward`` (the transpose of its linear part, the same function CROWN
+  uses), so no operator needs a second implementation;
+* Conv on the CPU with a small product of input and output channels (per group), see
+  :data:`SPARSE_CONV_CHANNELS`: the transpose as a product with the convolution's sparse
+  matrix (CSR), built once per node by pushing the input basis through the convolution;
+* Relu / LeakyRelu: the mask of the pre-activation (autograd's convention: Relu's
+  derivative at 0 is 0, LeakyRelu's is 1);
+* every other node (Sigmoid, MaxPool, Mul of two runtime values, execute-only ops, ...):
+  a local autograd call on that node alone, with its saved inputs, so the program covers
+  every graph autograd covers.
+
+The result equals autograd's gradient of the same forward function up to float rounding
+(tested on random graphs of every supported op in ``tests/test_vjp.py``).
+
+Shapes: ``x`` is the network's internal input ``(B, *declared_input_shape)``; the
+cotangent and the output ``(B, *declared_output_shape)``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from perturbkit.errors import ModelError, PerturbkitError
+from perturbkit.graph.ir import Node
+from perturbkit.ops.base import AffineRule
+from perturbkit.ops.registry import rule_for
+
+Tensor = torch.Tensor
+
+#: Conv nodes whose per-group channel product ``(c_in / groups) * (c_out / groups)`` is at
+#: most this are transposed with a sparse matrix on the CPU.  Measured with one thread
+#: (bench/attacks_vs_torchattacks.py --profile and the table in docs/benchmarks.md):
+#: channel products 8 to 128 run 2-9x faster than oneDNN's transposed convolution, 512 and
+#: more run 2-8x slower.
+SPARSE_CONV_CHANNELS = 256
+#: largest sparse matrix built for a Conv node (non-zeros), and largest input it is built for
+SPARSE_CONV_MAX_NNZ = 1 << 23
+SPARSE_CONV_MAX_INPUTS = 1 << 15
+#: basis vectors pushed through a convolution at once while building its matrix
+_BASIS_CHUNK = 512
+
+#: affine ops that are linear jointly in several runtime inputs (others with two runtime
+#: inputs, e.g. Mul, are products and take the autograd path)
+_JOINTLY_LINEAR = frozenset({"Add", "Sub", "Concat"})
+
+
+@dataclass
+class _Step:
+    node: Node
+    rule: object
+    kind: str                   # "affine", "conv-sparse", "relu", "leaky", "autograd"
+    runtime: tuple[bool, ...]   # per input: a runtime (input-dependent, floating) value
+    save: bool                  # keep the node's inputs for the pull-back
+
+
+class Tape:
+    """What a forward pass left for its pull-back: the saved inputs of each step (and, made
+    on first use, Relu pre-activations in the column layout of :class:`_Cols`)."""
+
+    __slots__ = ("saved", "batch", "dtype", "device", "cols")
+
+    def __init__(self, batch: int, dtype: torch.dtype, device: torch.device):
+        self.saved: dict[int, list] = {}
+        self.cols: dict[int, Tensor] = {}
+        self.batch, self.dtype, self.device = batch, dtype, device
+
+
+class _Cols:
+    """A cotangent ``(B, *shape)`` stored transposed, as a contiguous ``(prod(shape), B)``
+    matrix: the layout a sparse matrix product takes and gives.  Between two sparse Conv
+    steps (with Relus in between) the cotangent stays in it, so no transposes are made."""
+
+    __slots__ = ("m", "shape")
+
+    def __init__(self, m: Tensor, shape: tuple[int, ...]):
+        self.m, self.shape = m, shape
+
+    def rows(self) -> Tensor:
+        return self.m.t().reshape(self.m.shape[1], *self.shape)
+
+
+def _rows(A) -> Tensor:
+    return A.rows() if isinstance(A, _Cols) else A
+
+
+class GradientProgram:
+    """Forward pass and reverse-mode pull-back of a Network (see the module docstring).
+
+    Build once per network (:meth:`for_network` caches it on the network); then
+    ``z, tape = prog.forward(x)`` and ``dx = prog.pullback(tape, dz)``, as often as needed
+    (a tape may be pulled back several times, e.g. once per logit).
+    """
+
+    def __init__(self, net):
+        self.net = net
+        g = net.graph
+        self.graph = g
+        consts = g.constants
+        runtime_vals = {g.input_name}
+        steps: list[_Step] = []
+        for node in g.nodes:
+            rule = rule_for(node, g.source)
+            runtime = tuple(i in runtime_vals for i in node.inputs)
+            if any(runtime):
+                runtime_vals.add(node.output)
+            n_rt = sum(runtime)
+            if not n_rt:
+                kind = "constant"
+            elif node.op_type == "Relu":
+                kind = "relu"
+            elif node.op_type == "LeakyRelu":
+                kind = "leaky"
+            elif _dense_operand(node, runtime, consts) is not None:
+                kind = "dense"
+            elif isinstance(rule, AffineRule) and (n_rt == 1 or node.op_type in _JOINTLY_LINEAR) \
+                    and all(i in consts for i, r in zip(node.inputs, runtime) if not r):
+                kind = "conv" if node.op_type == "Conv" else "affine"
+            else:
+                kind = "autograd"
+            steps.append(_Step(node, rule, kind, runtime, save=kind in ("relu", "leaky", "autograd")))
+        self.steps = steps
+        # values whose cotangent is needed: the runtime ones
+        self._runtime = runtime_vals
+        self._sparse: dict[tuple, Optional[Tensor]] = {}
+        self._dense: dict[tuple, Tensor] = {}
+
+    @staticmethod
+    def for_network(net) -> "GradientProgram":
+        """The network's program, built on first use and kept in ``net.derived``."""
+        prog = net.derived.get("gradient_program")
+        if prog is None:
+            prog = net.derived["gradient_program"] = GradientProgram(net)
+        return prog
+
+    # -- forward ------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> tuple[Tensor, Tape]:
+        """Output ``(B, *declared_output_shape)`` at ``x`` ``(B, *declared_input_shape)``."""
+        g = self.graph
+        consts = self.net.constants(x.dtype, x.device)
+        env: dict[str, Tensor] = {g.input_name: x}
+        tape = Tape(x.shape[0], x.dtype, x.device)
+        with torch.no_grad():
+            for k, st in enumerate(self.steps):
+                node = st.node
+                args = [consts[i] if i in consts else env[i] for i in node.inputs]
+                env[node.output] = _run(st, args, g.source)
+                if st.save:
+                    tape.saved[k] = args
+        return env[g.output_name], tape
+
+    # -- pull-back ----------------------------------------------------------------------
+    def pullback(self, tape: Tape, dz: Tensor) -> Tensor:
+        """``d <dz, f(x)> / dx`` for the ``x`` of ``tape``: ``(B, *declared_input_shape)``."""
+        g = self.graph
+        consts = self.net.constants(tape.dtype, tape.device)
+        cot: dict[str, Tensor] = {g.output_name: dz}
+        for k in range(len(self.steps) - 1, -1, -1):
+            st = self.steps[k]
+            node = st.node
+            A = cot.pop(node.output, None)
+            if A is None or st.kind == "constant":
+                continue
+            try:
+                outs = self._step_back(st, A, tape, k, consts)
+            except PerturbkitError:
+                raise
+            except Exception as e:  # noqa: BLE001 - re-raised with the location
+                raise ModelError(f"while differentiating {node.where(g.source)}: {type(e).__name__}: {e}") from e
+            for name, r, Ai in zip(node.inputs, st.runtime, outs):
+                if not r or Ai is None:
+                    continue
+                prev = cot.get(name)
+                cot[name] = Ai if prev is None else _rows(prev) + _rows(Ai)
+        dx = cot.get(g.input_name)
+        if dx is None:  # the output does not depend on the input
+            dx = torch.zeros(tape.batch, *g.input_shape, dtype=tape.dtype, device=tape.device)
+        return _rows(dx)
+
+    def _step_back(self, st: _Step, A, tape: Tape, k: int, consts) -> list:
+        node = st.node
+        saved = tape.saved.get(k)
+        if st.kind == "relu":
+            if isinstance(A, _Cols):
+                pre = tape.cols.get(k)
+                if pre is None:
+                    pre = tape.cols[k] = saved[0].reshape(tape.batch, -1).t().contiguous()
+                return [_Cols(torch.ops.aten.threshold_backward(A.m, pre, 0), A.shape)] + [None] * (len(node.inputs) - 1)
+            return [torch.ops.aten.threshold_backward(A, saved[0], 0)] + [None] * (len(node.inputs) - 1)
+        if st.kind == "conv":
+            M = self._sparse_matrix(st, consts[node.inputs[1]], tape)
+            if M is not None:
+                # CSR times a contiguous (n_out, B) matrix (with a transposed view MKL's
+                # product is several times slower); the result stays in columns
+                At = A.m if isinstance(A, _Cols) else A.reshape(tape.batch, -1).t().contiguous()
+                return [_Cols(M @ At, tuple(node.in_shapes[0]))] + [None] * (len(node.inputs) - 1)
+        A = _rows(A)
+        if st.kind == "leaky":
+            a = float(node.attrs.get("alpha", 0.01))
+            return [torch.where(saved[0] >= 0, A, a * A)] + [None] * (len(node.inputs) - 1)
+        if st.kind == "dense":
+            W = self._dense_matrix(st, consts)
+            lead = A.shape[:A.dim() - len(node.out_shape)]
+            Ax = A.reshape(-1, W.shape[0]) @ W
+            return [Ax.reshape(*lead, *node.in_shapes[0])] + [None] * (len(node.inputs) - 1)
+        if st.kind in ("affine", "conv"):
+            xs = [None if r else consts[i] for i, r in zip(node.inputs, st.runtime)]
+            return list(st.rule.backward(node, A, *xs))
+        # autograd on this node alone
+        args = [a.detach().requires_grad_(True) if r and a.is_floating_point() else a
+                for a, r in zip(saved, st.runtime)]
+        wrt = [a for a in args if isinstance(a, Tensor) and a.requires_grad]
+        with torch.enable_grad():
+            out = st.rule.forward(node, *args)
+            if not out.requires_grad:
+                return [None] * len(args)
+            grads = torch.autograd.grad(out, wrt, A, allow_unused=True)
+        it = iter(grads)
+        return [next(it) if isinstance(a, Tensor) and a.requires_grad else None for a in args]
+
+    def _dense_matrix(self, st: _Step, consts) -> Tensor:
+        """Gemm / MatMul with a constant matrix: ``W_eff (n, k)``, contiguous, with the node's
+        linear part ``x @ W_eff^T`` on the last axis (per dtype and device)."""
+        node = st.node
+        some = consts[node.inputs[1]]
+        key = (node.name, some.dtype, some.device)
+        W = self._dense.get(key)
+        if W is None:
+            W = self._dense[key] = _dense_operand(node, st.runtime, consts).contiguous()
+        return W
+
+    def _sparse_matrix(self, st: _Step, W: Tensor, tape: Tape) -> Optional[Tensor]:
+        """The Conv node's linear map as a CSR matrix ``(n_in, n_out)`` (its transpose acts on
+        a cotangent by ``M @ A^T``), or None where the rule's transposed convolution is used."""
+        node = st.node
+        key = (node.name, tape.dtype, tape.device)
+        if key in self._sparse:
+            return self._sparse[key]
+        M = None
+        if tape.device.type == "cpu" and tape.dtype in (torch.float32, torch.float64):
+            groups = int(node.attrs.get("group", 1))
+            c_out, c_in_g = W.shape[0], W.shape[1]
+            in_shape = node.in_shapes[0]
+            n_in, n_out = math.prod(in_shape), math.prod(node.out_shape)
+            nnz = n_out * c_in_g * math.prod(W.shape[2:])
+            if (c_in_g * (c_out // groups) <= SPARSE_CONV_CHANNELS and nnz <= SPARSE_CONV_MAX_NNZ
+                    and n_in <= SPARSE_CONV_MAX_INPUTS):
+                M = _conv_matrix(st.rule, node, W.to(tape.dtype), n_in, n_out, tape.dtype)
+        self._sparse[key] = M
+        return M
+
+
+def _dense_operand(node: Node, runtime: tuple[bool, ...], consts) -> Optional[Tensor]:
+    """For a Gemm (no transA) or a MatMul ``X @ W`` with a constant 2-D ``W``, acting on the
+    last axis of its runtime input: ``W_eff (n, k)`` with linear part ``x @ W_eff^T``; else None."""
+    if node.op_type not in ("Gemm", "MatMul") or len(node.inputs) < 2 or not runtime[0] or any(runtime[1:]) \
+            or any(i not in consts for i in node.inputs[1:]):
+        return None
+    W = consts[node.inputs[1]]
+    if W.dim() != 2 or len(node.in_shapes[0]) < (1 if node.op_type == "Gemm" else 2):
+        return None
+    if node.op_type == "Gemm" and not node.attrs.get("transA", 0):
+        return (W if node.attrs.get("transB", 0) else W.t()) * float(node.attrs.get("alpha", 1.0))
+    if node.op_type == "MatMul" and len(node.inputs) == 2:
+        return W.t()
+    return None
+
+
+def _conv_matrix(rule, node: Node, W: Tensor, n_in: int, n_out: int, dtype) -> Tensor:
+    """CSR ``(n_in, n_out)``: row i is the convolution (without bias) of the i-th basis input."""
+    parts = []
+    for s in range(0, n_in, _BASIS_CHUNK):
+        e = min(n_in, s + _BASIS_CHUNK)
+        E = torch.zeros(e - s, n_in, dtype=dtype)
+        E[torch.arange(e - s), torch.arange(s, e)] = 1
+        rows = rule.forward(node, E.reshape(e - s, *node.in_shapes[0]), W, None).reshape(e - s, n_out)
+        parts.append(rows.to_sparse_coo())
+    M = torch.cat(parts).coalesce() if len(parts) > 1 else parts[0].coalesce()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is all we use
+        warnings.simplefilter("ignore", UserWarning)
+        return M.to_sparse_csr()
+
+
+def _run(st: _Step, args: list, source: str) -> Tensor:
+    try:
+        return st.rule.forward(st.node, *args)
+    except PerturbkitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised with the location
+        raise ModelError(f"while executing {st.node.where(source)}: {type(e).__name__}: {e}") from e
+
+
+def input_gradient(net, x: Tensor, dz: Tensor) -> tuple[Tensor, Tensor]:
+    """Convenience: ``(f(x), d <dz, f(x)> / dx)`` for user-shaped ``x`` (B, *sample_shape)
+    and ``dz`` (B, *output_sample_shape)."""
+    prog = GradientProgram.for_network(net)
+    b = net.batch(x)
+    z, tape = prog.forward(net.internal(x, b))
+    dx = prog.pullback(tape, dz.reshape(z.shape))
+    return z.reshape(b, *net.output_sample_shape), dx.reshape(x.shape)
+
+
+__all__ = ["GradientProgram", "Tape", "input_gradient", "SPARSE_CONV_CHANNELS"]
