@@ -12,8 +12,9 @@ and pulls a cotangent back node by node (reverse topological order):
   the rule's own ``backward`` (the transpose of its linear part, the same function CROWN
   uses), so no operator needs a second implementation;
 * Conv on the CPU with a small product of input and output channels (per group), see
-  :data:`SPARSE_CONV_CHANNELS`: the transpose as a product with the convolution's sparse
-  matrix (CSR), built once per node by pushing the input basis through the convolution;
+  :data:`SMALL_CONV_CHANNELS`: the transpose as a dense product with the kernel (giving
+  every kernel tap's contribution) followed by a sparse 0/1 scatter-add of the taps onto
+  the input positions (:class:`_ConvTranspose`);
 * Relu / LeakyRelu: the mask of the pre-activation (autograd's convention: Relu's
   derivative at 0 is 0, LeakyRelu's is 1);
 * every other node (Sigmoid, MaxPool, Mul of two runtime values, execute-only ops, ...):
@@ -37,22 +38,21 @@ import torch
 
 from perturbkit.errors import ModelError, PerturbkitError
 from perturbkit.graph.ir import Node
+from perturbkit.ops.conv import conv_pads
 from perturbkit.ops.base import AffineRule
 from perturbkit.ops.registry import rule_for
 
 Tensor = torch.Tensor
 
 #: Conv nodes whose per-group channel product ``(c_in / groups) * (c_out / groups)`` is at
-#: most this are transposed with a sparse matrix on the CPU.  Measured with one thread
-#: (bench/attacks_vs_torchattacks.py --profile and the table in docs/benchmarks.md):
-#: channel products 8 to 128 run 2-9x faster than oneDNN's transposed convolution, 512 and
-#: more run 2-8x slower.
-SPARSE_CONV_CHANNELS = 256
-#: largest sparse matrix built for a Conv node (non-zeros), and largest input it is built for
-SPARSE_CONV_MAX_NNZ = 1 << 23
-SPARSE_CONV_MAX_INPUTS = 1 << 15
-#: basis vectors pushed through a convolution at once while building its matrix
-_BASIS_CHUNK = 512
+#: most this are transposed on the CPU by a matrix product and a sparse scatter (see
+#: :class:`_ConvTranspose`).  Measured with one thread (table in docs/benchmarks.md):
+#: channel products 8 to 128 run 1.3-20x faster than oneDNN's transposed convolution, 512
+#: and more 1.1-3.5x slower.
+SMALL_CONV_CHANNELS = 256
+#: largest scatter matrix built for a Conv node (non-zeros: input channels x kernel size x
+#: output positions)
+SMALL_CONV_MAX_NNZ = 1 << 24
 
 #: affine ops that are linear jointly in several runtime inputs (others with two runtime
 #: inputs, e.g. Mul, are products and take the autograd path)
@@ -136,7 +136,7 @@ class GradientProgram:
         self.steps = steps
         # values whose cotangent is needed: the runtime ones
         self._runtime = runtime_vals
-        self._sparse: dict[tuple, Optional[Tensor]] = {}
+        self._conv: dict[tuple, Optional[_ConvTranspose]] = {}
         self._dense: dict[tuple, Tensor] = {}
 
     @staticmethod
@@ -202,12 +202,10 @@ class GradientProgram:
                 return [_Cols(torch.ops.aten.threshold_backward(A.m, pre, 0), A.shape)] + [None] * (len(node.inputs) - 1)
             return [torch.ops.aten.threshold_backward(A, saved[0], 0)] + [None] * (len(node.inputs) - 1)
         if st.kind == "conv":
-            M = self._sparse_matrix(st, consts[node.inputs[1]], tape)
-            if M is not None:
-                # CSR times a contiguous (n_out, B) matrix (with a transposed view MKL's
-                # product is several times slower); the result stays in columns
+            plan = self._conv_plan(st, consts[node.inputs[1]], tape)
+            if plan is not None:
                 At = A.m if isinstance(A, _Cols) else A.reshape(tape.batch, -1).t().contiguous()
-                return [_Cols(M @ At, tuple(node.in_shapes[0]))] + [None] * (len(node.inputs) - 1)
+                return [_Cols(plan(At), tuple(node.in_shapes[0]))] + [None] * (len(node.inputs) - 1)
         A = _rows(A)
         if st.kind == "leaky":
             a = float(node.attrs.get("alpha", 0.01))
@@ -243,25 +241,79 @@ class GradientProgram:
             W = self._dense[key] = _dense_operand(node, st.runtime, consts).contiguous()
         return W
 
-    def _sparse_matrix(self, st: _Step, W: Tensor, tape: Tape) -> Optional[Tensor]:
-        """The Conv node's linear map as a CSR matrix ``(n_in, n_out)`` (its transpose acts on
-        a cotangent by ``M @ A^T``), or None where the rule's transposed convolution is used."""
+    def _conv_plan(self, st: _Step, W: Tensor, tape: Tape) -> Optional["_ConvTranspose"]:
+        """The Conv node's fast transpose for this dtype and device, or None where the rule's
+        (oneDNN's) transposed convolution is used."""
         node = st.node
         key = (node.name, tape.dtype, tape.device)
-        if key in self._sparse:
-            return self._sparse[key]
-        M = None
-        if tape.device.type == "cpu" and tape.dtype in (torch.float32, torch.float64):
-            groups = int(node.attrs.get("group", 1))
-            c_out, c_in_g = W.shape[0], W.shape[1]
-            in_shape = node.in_shapes[0]
-            n_in, n_out = math.prod(in_shape), math.prod(node.out_shape)
-            nnz = n_out * c_in_g * math.prod(W.shape[2:])
-            if (c_in_g * (c_out // groups) <= SPARSE_CONV_CHANNELS and nnz <= SPARSE_CONV_MAX_NNZ
-                    and n_in <= SPARSE_CONV_MAX_INPUTS):
-                M = _conv_matrix(st.rule, node, W.to(tape.dtype), n_in, n_out, tape.dtype)
-        self._sparse[key] = M
-        return M
+        if key in self._conv:
+            return self._conv[key]
+        plan = None
+        nd = W.dim() - 2
+        in_shape = node.in_shapes[0]
+        groups = int(node.attrs.get("group", 1))
+        if (tape.device.type == "cpu" and tape.dtype in (torch.float32, torch.float64)
+                and math.prod(in_shape[:-nd - 1]) == 1 and W.shape[0] % groups == 0
+                and W.shape[1] * (W.shape[0] // groups) <= SMALL_CONV_CHANNELS
+                and W.shape[1] * groups * math.prod(W.shape[2:]) * math.prod(node.out_shape[-nd:]) <= SMALL_CONV_MAX_NNZ):
+            plan = _ConvTranspose(node, W.to(tape.dtype), groups)
+        self._conv[key] = plan
+        return plan
+
+
+class _ConvTranspose:
+    """Transpose of a convolution on cotangents in column layout ``(c_out * L, B)`` (``L``
+    output positions), for a node whose declared input has no batch beyond 1.
+
+    ``taps = W_g^T @ A`` gives, per input channel and kernel tap, the contribution to the
+    input position the tap reads, for every output position: ``(c_in * K, L * B)``, one
+    dense (batched over groups) matrix product.  A 0/1 CSR matrix ``S (n_in, c_in * K * L)``
+    then adds every tap onto its input position (taps that read padding are dropped).
+    """
+
+    def __init__(self, node: Node, W: Tensor, groups: int):
+        nd = W.dim() - 2
+        c_out, cig = W.shape[:2]
+        kernel = tuple(W.shape[2:])
+        spatial = tuple(node.in_shapes[0][-nd:])
+        out_sp = tuple(node.out_shape[-nd:])
+        pads = conv_pads(node, spatial, kernel)[:nd]
+        strides = list(node.attrs.get("strides", [1] * nd))
+        dil = list(node.attrs.get("dilations", [1] * nd))
+        self.groups, self.c_out = groups, c_out
+        K, L = math.prod(kernel), math.prod(out_sp)
+        # (groups, cig * K, c_out / groups): the kernel of each group, transposed
+        self.Wt = W.reshape(groups, c_out // groups, cig * K).transpose(1, 2).contiguous()
+        ci = cig * groups
+        shape = [ci, *kernel, *out_sp]
+        flat = (torch.arange(ci) * math.prod(spatial)).view([ci] + [1] * (2 * nd))
+        valid = torch.ones([1] * (1 + 2 * nd), dtype=torch.bool)
+        for d in range(nd):
+            v = torch.arange(out_sp[d])[None, :] * strides[d] - pads[d] + torch.arange(kernel[d])[:, None] * dil[d]
+            vshape = [1] * (1 + 2 * nd)
+            vshape[1 + d], vshape[1 + nd + d] = kernel[d], out_sp[d]
+            v = v.view(vshape)
+            valid = valid & (v >= 0) & (v < spatial[d])
+            flat = flat + v * math.prod(spatial[d + 1:])
+        flat, valid = flat.expand(shape), valid.expand(shape)
+        rows = flat[valid]
+        cols = torch.arange(ci * K * L).view(shape)[valid]
+        n_in = ci * math.prod(spatial)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is all we use
+            warnings.simplefilter("ignore", UserWarning)
+            S = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(rows.numel(), dtype=W.dtype),
+                                        (n_in, ci * K * L), check_invariants=False).coalesce()
+            self.S = S.to_sparse_csr()
+
+    def __call__(self, At: Tensor) -> Tensor:
+        """``At (c_out * L, B)`` contiguous -> ``(n_in, B)``."""
+        B = At.shape[1]
+        g = self.groups
+        if g == 1:
+            taps = self.Wt[0] @ At.view(self.c_out, -1)
+        else:
+            taps = torch.bmm(self.Wt, At.view(g, self.c_out // g, -1))
+        return self.S @ taps.view(-1, B)
 
 
 def _dense_operand(node: Node, runtime: tuple[bool, ...], consts) -> Optional[Tensor]:
@@ -278,21 +330,6 @@ def _dense_operand(node: Node, runtime: tuple[bool, ...], consts) -> Optional[Te
     if node.op_type == "MatMul" and len(node.inputs) == 2:
         return W.t()
     return None
-
-
-def _conv_matrix(rule, node: Node, W: Tensor, n_in: int, n_out: int, dtype) -> Tensor:
-    """CSR ``(n_in, n_out)``: row i is the convolution (without bias) of the i-th basis input."""
-    parts = []
-    for s in range(0, n_in, _BASIS_CHUNK):
-        e = min(n_in, s + _BASIS_CHUNK)
-        E = torch.zeros(e - s, n_in, dtype=dtype)
-        E[torch.arange(e - s), torch.arange(s, e)] = 1
-        rows = rule.forward(node, E.reshape(e - s, *node.in_shapes[0]), W, None).reshape(e - s, n_out)
-        parts.append(rows.to_sparse_coo())
-    M = torch.cat(parts).coalesce() if len(parts) > 1 else parts[0].coalesce()
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is all we use
-        warnings.simplefilter("ignore", UserWarning)
-        return M.to_sparse_csr()
 
 
 def _run(st: _Step, args: list, source: str) -> Tensor:
@@ -314,4 +351,4 @@ def input_gradient(net, x: Tensor, dz: Tensor) -> tuple[Tensor, Tensor]:
     return z.reshape(b, *net.output_sample_shape), dx.reshape(x.shape)
 
 
-__all__ = ["GradientProgram", "Tape", "input_gradient", "SPARSE_CONV_CHANNELS"]
+__all__ = ["GradientProgram", "Tape", "input_gradient", "SMALL_CONV_CHANNELS"]
