@@ -338,14 +338,11 @@ def sanity_flags(f: Classifier, x: Tensor, y: Tensor, logits: Tensor, *, gradien
     x, y, logits = x[:SANITY_POINTS], y[:SANITY_POINTS], logits[:SANITY_POINTS]
     g = None
     if gradients:  # one evaluation serves the gradient checks and the randomness check
-        xg = x.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            z = f(xg)
-            if z.requires_grad:
-                # the margin's gradient, not cross-entropy's: CE saturates to an exact 0 in float32
-                # on confidently classified points, which would look like gradient masking
-                (g,) = torch.autograd.grad(margin(z, y).sum(), xg, allow_unused=True)
-        again = z.detach()
+        z, pull = f.forward_vjp(x)
+        # the margin's gradient, not cross-entropy's: CE saturates to an exact 0 in float32
+        # on confidently classified points, which would look like gradient masking
+        g = pull(loss_and_grad(margin, z, y)[1])
+        again = z
     else:
         with torch.no_grad():
             again = f(x)
