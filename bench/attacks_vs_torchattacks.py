@@ -476,28 +476,25 @@ def profile(ta, model: str = "digits-cnn-adv", eps: float = 0.2, steps: int = 40
     t_run_loss = _median_time(lambda: run_loss(f, ce, xa, y, None))
     z, l, g = run_loss(f, ce, xa, y, None)
 
-    # the bookkeeping of one iteration of PGD.perturb after run_loss (best iterate, done mask,
-    # index compaction, steepest direction, projection), with nobody fooled (the worst case)
+    # the bookkeeping of one iteration of PGD.perturb after run_loss (best iterate and loss,
+    # done count, Linf step and projection), with nobody fooled (the worst case)
     tm = ThreatModel(eps=eps)
-    from perturbkit.attacks.norms import steepest_direction
     B = len(x)
-    best, best_loss = x.clone(), torch.full((B,), -math.inf)
-    done = torch.zeros(B, dtype=torch.bool)
-    idx = torch.arange(B)
+    kb, kl = x.clone(), torch.full((B,), -math.inf)
+    lo, hi = (x - eps).clamp_min(0), (x + eps).clamp_max(1)
+    view = (-1,) + (1,) * (x.dim() - 1)
 
     def bookkeeping():
-        hit = fooled(z, y, None) & False
-        better = hit | (l > best_loss[idx])
-        best[idx[better]] = xa[better].detach()
-        best_loss[idx[better]] = torch.where(hit[better], torch.full_like(l[better], math.inf), l[better])
-        done[idx[hit]] = True
-        keep = ~hit
-        bool(keep.any())
-        i2, x0, y0, xk, gk = idx[keep], x[keep], y[keep], xa[keep], g[keep]
-        d = steepest_direction(gk, tm.p, x=xk, domain=tm.domain)
-        return tm.project(x0, xk.detach() + 0.0125 * d)
+        lf = l.masked_fill(fooled(z, y, None) & False, math.inf)
+        kb2 = torch.where((lf > kl).view(view), xa, kb)
+        kl2 = torch.maximum(kl, lf)
+        int((kl2 == math.inf).sum())
+        return kb2, torch.add(xa, g.sign(), alpha=0.0125).clamp_(lo, hi)
 
     t_book = _median_time(bookkeeping)
+    f_autograd = Classifier(net)
+    f_autograd.program = None  # what PERTURBKIT_GRADIENTS=autograd gives
+    t_run_loss_autograd = _median_time(lambda: run_loss(f_autograd, ce, xa, y, None))
 
     def ta_update():  # torchattacks' update after the gradient
         adv = xa.detach() + 0.0125 * g.sign()
@@ -510,6 +507,11 @@ def profile(ta, model: str = "digits-cnn-adv", eps: float = 0.2, steps: int = 40
 
     res = PGD(tm, steps=steps)(net, x, y)
     t_pgd = _median_time(lambda: PGD(tm, steps=steps)(net, x, y), reps=5)
+    os.environ["PERTURBKIT_GRADIENTS"] = "autograd"
+    try:
+        t_pgd_autograd = _median_time(lambda: PGD(tm, steps=steps)(net, x, y), reps=5)
+    finally:
+        del os.environ["PERTURBKIT_GRADIENTS"]
     atk = ta.PGD(module, eps=eps, alpha=2.5 * eps / steps, steps=steps)
     t_ta = _median_time(lambda: atk(x, y), reps=5)
     atk_seq = ta.PGD(seq, eps=eps, alpha=2.5 * eps / steps, steps=steps)
@@ -536,12 +538,15 @@ def profile(ta, model: str = "digits-cnn-adv", eps: float = 0.2, steps: int = 40
         ("gradient step: nn.Sequential", t_seq_step),
         ("gradient step: Network, oneDNN (mkldnn) disabled", t_net_step_nomkl),
     ] + [(f"gradient of the {len(x)} rows in chunks of {rows} rows: Network", t) for rows, t in t_chunks.items()] + [
-        ("perturbkit run_loss (Classifier + CE + grad)", t_run_loss),
+        ("perturbkit run_loss (Classifier + CE + gradient by the GradientProgram, in chunks)", t_run_loss),
+        ("perturbkit run_loss with autograd instead of the GradientProgram, in chunks", t_run_loss_autograd),
         ("PGD.perturb bookkeeping per step (nobody fooled)", t_book),
         ("torchattacks update per step (sign, clamp, clamp)", t_ta_update),
-        ("base class sanity_flags (2 forwards + 1 gradient)", t_flags),
+        ("base class sanity_flags (1 forward + 1 gradient of 16 points)", t_flags),
         (f"whole perturbkit PGD-{steps} on the Network ({calls['n']} model calls, {calls['rows']} rows; "
          f"robust {100 * res.robust.float().mean().item():.2f} %)", t_pgd),
+        (f"whole perturbkit PGD-{steps} on the Network with autograd gradients (PERTURBKIT_GRADIENTS=autograd)",
+         t_pgd_autograd),
         (f"whole torchattacks PGD-{steps} on the Network ({steps} calls, {steps * len(x)} rows)", t_ta),
         (f"whole perturbkit PGD-{steps} on the nn.Sequential", t_pgd_seq),
         (f"whole torchattacks PGD-{steps} on the nn.Sequential", t_ta_seq),

@@ -332,9 +332,12 @@ def sanity_flags(f: Classifier, x: Tensor, y: Tensor, logits: Tensor, *, gradien
     outputs are checked on every point, randomness and gradients on the first
     :data:`SANITY_POINTS`.  ``gradients`` False (black-box attacks) skips the gradient checks:
     the model need not be differentiable."""
-    flags = {"nan_outputs": int((~torch.isfinite(logits)).any(1).sum())}
-    probs_like = ((logits >= 0) & (logits <= 1)).all(1) & ((logits.sum(1) - 1).abs() < 1e-4)
-    flags["softmax_outputs"] = int(probs_like.sum()) if bool(probs_like.all()) and logits.shape[1] > 1 else 0
+    finite = torch.isfinite(logits).all(1)
+    flags = {"nan_outputs": logits.shape[0] - int(finite.sum())}
+    flags["softmax_outputs"] = 0
+    if logits.shape[1] > 1 and bool(torch.aminmax(logits).min >= 0):  # cheap test first: logits are rarely all >= 0
+        probs_like = (logits <= 1).all(1) & ((logits.sum(1) - 1).abs() < 1e-4)
+        flags["softmax_outputs"] = int(probs_like.sum()) if bool(probs_like.all()) else 0
     x, y, logits = x[:SANITY_POINTS], y[:SANITY_POINTS], logits[:SANITY_POINTS]
     g = None
     if gradients:  # one evaluation serves the gradient checks and the randomness check
@@ -348,7 +351,7 @@ def sanity_flags(f: Classifier, x: Tensor, y: Tensor, logits: Tensor, *, gradien
             again = f(x)
     scale = logits.abs().amax(1).clamp_min(1.0)
     diff = ((again - logits).abs().amax(1) / scale) > 1e-5
-    flags["randomized"] = int((diff & torch.isfinite(logits).all(1)).sum())
+    flags["randomized"] = int((diff & finite[:SANITY_POINTS]).sum())
     if not gradients:
         flags["zero_gradients"] = flags["nan_gradients"] = 0
     elif g is None:
