@@ -542,7 +542,7 @@ def profile(ta, model: str = "digits-cnn-adv", eps: float = 0.2, steps: int = 40
         ("perturbkit run_loss with autograd instead of the GradientProgram, in chunks", t_run_loss_autograd),
         ("PGD.perturb bookkeeping per step (nobody fooled)", t_book),
         ("torchattacks update per step (sign, clamp, clamp)", t_ta_update),
-        ("base class sanity_flags (1 forward + 1 gradient of 16 points)", t_flags),
+        ("clean forward of all points + base class sanity_flags (1 forward + 1 gradient of 16 points)", t_flags),
         (f"whole perturbkit PGD-{steps} on the Network ({calls['n']} model calls, {calls['rows']} rows; "
          f"robust {100 * res.robust.float().mean().item():.2f} %)", t_pgd),
         (f"whole perturbkit PGD-{steps} on the Network with autograd gradients (PERTURBKIT_GRADIENTS=autograd)",

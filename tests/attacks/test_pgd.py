@@ -79,6 +79,24 @@ def test_early_stopping_keeps_the_first_fooling_iterate():
     assert inner[0] >= inner[-1] and min(inner) < max(inner)
 
 
+def test_fooled_points_keep_their_first_fooling_iterate_while_riding_along():
+    """Points fooled at different steps: each returns the first iterate that fooled it, even
+    while it stays in the batch (fooled points are dropped only in groups) and moves on."""
+    def f(z):
+        s = z.reshape(z.shape[0], -1).mean(1)
+        return torch.stack([torch.full_like(s, 0.5), s], 1)  # class 1 wins once mean(x) > 0.5
+
+    v = 0.455 - 0.02 * torch.arange(20, dtype=torch.float64) / 3  # fooled after 3, 3, 4, 4, ... steps
+    x = v[:, None].repeat(1, 4)
+    y = torch.zeros(20, dtype=torch.long)
+    alpha = 0.02
+    r = PGD(ThreatModel(eps=0.4), steps=30, step_size=alpha, random_start=False)(f, x, y)
+    assert bool(r.success.all())
+    k = torch.floor((0.5 - v) / alpha) + 1  # first step with v + k * alpha > 0.5
+    assert len(set(k.tolist())) > 4
+    torch.testing.assert_close(r.x_adv[:, 0], v + k * alpha, rtol=0, atol=1e-9)
+
+
 def test_best_iterate_is_kept_for_points_never_fooled():
     """With a step size that overshoots, the last iterate is worse than the best one."""
     torch.manual_seed(0)
