@@ -108,6 +108,16 @@ def test_conv_cases_take_the_fast_path():
         assert fast == (math.prod(case.in_shapes[0][:-len(W.shape) + 1]) == 1), case.id
 
 
+def check_against_autograd(net, x, dz, rtol, atol):
+    """``input_gradient`` gives the network's exact output and autograd's gradient."""
+    z, g = input_gradient(net, x, dz)
+    xg = x.clone().requires_grad_(True)
+    out = net(xg)
+    (want,) = torch.autograd.grad(out, xg, dz)
+    torch.testing.assert_close(z, out.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(g, want, rtol=rtol, atol=atol)
+
+
 class _Residual(nn.Module):
     """Several kinds of steps at once: sparse and dense convolutions, BatchNorm, a skip
     connection (a value with two consumers), Sigmoid and MaxPool (autograd steps)."""
@@ -139,27 +149,15 @@ def test_residual_network_matches_autograd():
     kinds = {s.node.op_type: s.kind for s in GradientProgram(net).steps}
     assert kinds["Sigmoid"] == "autograd" and kinds["MaxPool"] == "autograd"
     x = torch.rand(7, 2, 6, 6, dtype=torch.float64)
-    dz = torch.randn(7, 5, dtype=torch.float64)
-    z, g = input_gradient(net, x, dz)
-    xg = x.clone().requires_grad_(True)
-    out = net(xg)
-    (want,) = torch.autograd.grad(out, xg, dz)
-    torch.testing.assert_close(z, out.detach(), rtol=0, atol=0)
-    torch.testing.assert_close(g, want, rtol=1e-9, atol=1e-10)
+    check_against_autograd(net, x, torch.randn(7, 5, dtype=torch.float64), rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn"])
 def test_bundled_models_float32(name):
     net = pk.load(str(bundled_path(name)))
     x, _ = load_digits_test()
-    x = torch.from_numpy(x[:50])
     dz = torch.randn(50, 10, generator=torch.Generator().manual_seed(1))
-    z, g = input_gradient(net, x, dz)
-    xg = x.clone().requires_grad_(True)
-    out = net(xg)
-    (want,) = torch.autograd.grad(out, xg, dz)
-    torch.testing.assert_close(z, out.detach(), rtol=0, atol=0)
-    torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-5)
+    check_against_autograd(net, torch.from_numpy(x[:50]), dz, rtol=1e-4, atol=1e-5)
 
 
 def test_classifier_with_normalisation_matches_autograd(monkeypatch):
