@@ -47,19 +47,27 @@ class _Run:
 
     def compact(self, best: Tensor, best_loss: Tensor, done: Tensor, final: bool = False) -> Optional[Tensor]:
         """Write the fooled points (all points if ``final``) back into ``best``, ``best_loss``
-        and ``done``; keep the others.  Returns the mask of the points kept."""
+        and ``done``; keep the others.  Returns the indices of the points kept (index
+        selects: a boolean mask would search its nonzeros once per tensor)."""
         hit = self.kl == math.inf
-        if final:
-            best[self.idx], best_loss[self.idx] = self.kb, self.kl
-            done[self.idx[hit]] = True
+        if final:  # the active points were not done before: done[idx] = hit
+            best.index_copy_(0, self.idx, self.kb)
+            best_loss.index_copy_(0, self.idx, self.kl)
+            done.index_copy_(0, self.idx, hit)
             return None
-        best[self.idx[hit]], best_loss[self.idx[hit]] = self.kb[hit], self.kl[hit]
-        done[self.idx[hit]] = True
-        keep = ~hit
-        self.x0, self.y, self.idx, self.kb, self.kl = self.x0[keep], self.y[keep], self.idx[keep], self.kb[keep], self.kl[keep]
-        self.t = None if self.t is None else self.t[keep]
-        self.box = None if self.box is None else (self.box[0][keep], self.box[1][keep])
-        return keep
+        h, k = torch.nonzero(hit).squeeze(1), torch.nonzero(~hit).squeeze(1)
+        ih = self.idx.index_select(0, h)
+        best.index_copy_(0, ih, self.kb.index_select(0, h))
+        best_loss.index_copy_(0, ih, self.kl.index_select(0, h))
+        done.index_fill_(0, ih, True)
+
+        def sel(t: Tensor) -> Tensor:
+            return t.index_select(0, k)
+
+        self.x0, self.y, self.idx, self.kb, self.kl = sel(self.x0), sel(self.y), sel(self.idx), sel(self.kb), sel(self.kl)
+        self.t = None if self.t is None else sel(self.t)
+        self.box = None if self.box is None else (sel(self.box[0]), sel(self.box[1]))
+        return k
 
 
 class FGSM(Attack):
@@ -140,7 +148,7 @@ class PGD(Attack):
                     break
                 if n_done * COMPACT_AT >= run.kl.numel():  # enough points fooled: drop them
                     keep = run.compact(best, best_loss, done)
-                    xa, g = xa[keep], g[keep]
+                    xa, g = xa.index_select(0, keep), g.index_select(0, keep)
                 if run.box is not None:
                     xa = torch.add(xa, g.sign(), alpha=self.step_size).clamp_(run.box[0], run.box[1])
                 else:

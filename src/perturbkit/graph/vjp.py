@@ -41,6 +41,7 @@ from perturbkit.graph.ir import Node
 from perturbkit.ops.conv import conv_pads
 from perturbkit.ops.base import AffineRule
 from perturbkit.ops.registry import rule_for
+from perturbkit.ops.reshape import ReshapeLike
 
 Tensor = torch.Tensor
 
@@ -125,6 +126,8 @@ class GradientProgram:
                 kind = "relu"
             elif node.op_type == "LeakyRelu":
                 kind = "leaky"
+            elif isinstance(rule, ReshapeLike) and runtime[0] and n_rt == 1:
+                kind = "reshape"
             elif _dense_operand(node, runtime, consts) is not None:
                 kind = "dense"
             elif isinstance(rule, AffineRule) and (n_rt == 1 or node.op_type in _JOINTLY_LINEAR) \
@@ -138,6 +141,7 @@ class GradientProgram:
         self._runtime = runtime_vals
         self._conv: dict[tuple, Optional[_ConvTranspose]] = {}
         self._dense: dict[tuple, Tensor] = {}
+        self._gemm: dict[tuple, tuple] = {}
 
     @staticmethod
     def for_network(net) -> "GradientProgram":
@@ -157,6 +161,22 @@ class GradientProgram:
         with torch.no_grad():
             for k, st in enumerate(self.steps):
                 node = st.node
+                kind = st.kind
+                # the three commonest nodes without the rule's argument handling (the same
+                # tensor operations as the rule's forward, so the outputs are identical)
+                if kind == "relu":
+                    xr = env[node.inputs[0]]
+                    tape.saved[k] = [xr]
+                    env[node.output] = torch.relu(xr)
+                    continue
+                if kind == "reshape":
+                    xr = env[node.inputs[0]]
+                    env[node.output] = xr.reshape(xr.shape[0], *node.out_shape)
+                    continue
+                if kind == "dense" and node.op_type == "Gemm":
+                    W, b = self._gemm_operands(st, consts)
+                    env[node.output] = st.rule.apply(env[node.inputs[0]], W, b)
+                    continue
                 args = [consts[i] if i in consts else env[i] for i in node.inputs]
                 env[node.output] = _run(st, args, g.source)
                 if st.save:
@@ -210,6 +230,10 @@ class GradientProgram:
         if st.kind == "leaky":
             a = float(node.attrs.get("alpha", 0.01))
             return [torch.where(saved[0] >= 0, A, a * A)] + [None] * (len(node.inputs) - 1)
+        if st.kind == "reshape":
+            if isinstance(A, _Cols):  # a reshape keeps the flattened order: the columns stay
+                return [_Cols(A.m, tuple(node.in_shapes[0]))] + [None] * (len(node.inputs) - 1)
+            return [A.reshape(A.shape[0], *node.in_shapes[0])] + [None] * (len(node.inputs) - 1)
         if st.kind == "dense":
             W = self._dense_matrix(st, consts)
             lead = A.shape[:A.dim() - len(node.out_shape)]
@@ -229,6 +253,17 @@ class GradientProgram:
             grads = torch.autograd.grad(out, wrt, A, allow_unused=True)
         it = iter(grads)
         return [next(it) if isinstance(a, Tensor) and a.requires_grad else None for a in args]
+
+    def _gemm_operands(self, st: _Step, consts) -> tuple:
+        """A Gemm node's weight and bias as its rule prepares them (per dtype and device)."""
+        node = st.node
+        some = consts[node.inputs[1]]
+        key = (node.name, some.dtype, some.device)
+        got = self._gemm.get(key)
+        if got is None:
+            xs = [None if r else consts[i] for i, r in zip(node.inputs, st.runtime)]
+            got = self._gemm[key] = (st.rule._weight(node, xs), st.rule._bias(node, xs))
+        return got
 
     def _dense_matrix(self, st: _Step, consts) -> Tensor:
         """Gemm / MatMul with a constant matrix: ``W_eff (n, k)``, contiguous, with the node's

@@ -47,7 +47,12 @@ class Gemm(AffineRule):
         return _t(x) if node.attrs.get("transA", 0) else x
 
     def forward(self, node: Node, *xs: torch.Tensor) -> torch.Tensor:
-        a, W, b = self._a(node, xs[0]), self._weight(node, xs), self._bias(node, xs)
+        return self.apply(self._a(node, xs[0]), self._weight(node, xs), self._bias(node, xs))
+
+    @staticmethod
+    def apply(a: torch.Tensor, W: torch.Tensor, b) -> torch.Tensor:
+        """``a @ W + b`` with the operands prepared by ``_a``, ``_weight``, ``_bias`` (callers
+        that run the node many times prepare them once)."""
         if b is not None and b.dim() <= 1 and W.dim() == 2 and a.dim() >= 2:
             # one fused call (the common case: a vector bias); leading dims folded into rows
             y = torch.addmm(b, a.reshape(-1, a.shape[-1]), W)
