@@ -20,7 +20,7 @@ from perturbkit.attacks.base import Classifier
 from perturbkit.graph.interpret import execute
 from perturbkit.graph.ir import Graph, Node, frozen_attrs
 from perturbkit.graph.network import Network
-from perturbkit.graph.vjp import GradientProgram, input_gradient
+from perturbkit.graph.vjp import GradientProgram, _ConvTranspose, input_gradient, takes_fast_transpose
 from perturbkit.models import bundled_path, load_digits_test
 from perturbkit.ops.registry import rule_for
 from tests.conformance.cases import CASES, F64
@@ -93,19 +93,56 @@ def test_pullback_matches_autograd_on_every_case(case):
     torch.testing.assert_close(prog.pullback(tape, 2 * dz), 2 * want, rtol=1e-9, atol=1e-9)
 
 
-def test_conv_cases_take_the_fast_path():
-    """The small convolutions of the conformance cases (batch 1) get the fast transpose."""
-    conv = [c for c in DIFF_CASES if c.op_type == "Conv"]
-    assert conv
-    for case in conv:
-        net = network_for(case)
-        prog = GradientProgram(net)
-        (st,) = [s for s in prog.steps if s.node.op_type == "Conv"]
-        assert st.kind == "conv"
-        _, tape = prog.forward(torch.zeros(2, *net.graph.input_shape, dtype=F64))
-        W = net.constants(F64, torch.device("cpu"))[st.node.inputs[1]]
-        fast = prog._conv_plan(st, W, tape) is not None
-        assert fast == (math.prod(case.in_shapes[0][:-len(W.shape) + 1]) == 1), case.id
+CONV_CASES = [c for c in DIFF_CASES if c.op_type == "Conv" and math.prod(c.in_shapes[0][:-len(c.in_shapes[1]) + 1]) == 1]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[c.id for c in CONV_CASES])
+def test_conv_transpose_equals_the_rule_on_every_geometry(case):
+    """_ConvTranspose (whichever layers the program gives it) is the rule's transpose for
+    every Conv case: strides, dilations, groups, asymmetric and SAME pads, 1-D."""
+    node = case.node()
+    W = case.consts[1]
+    plan = _ConvTranspose(node, W, int(node.attrs.get("group", 1)))
+    B = 5
+    A = torch.randn(B, *node.out_shape, generator=torch.Generator().manual_seed(3), dtype=F64)
+    got = plan(A.reshape(B, -1).t().contiguous()).t().reshape(B, *node.in_shapes[0])
+    (want,) = case.rule.backward(node, A, None, *[case.consts[i] for i in range(1, len(case.in_shapes))])[:1]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _conv_node(c_in, c_out, size, stride, kernel):
+    m = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=1)
+    net = pk.load(m, torch.zeros(1, c_in, size, size))
+    (node,) = net.graph.nodes
+    return node, net.graph.constants[node.inputs[1]].float()
+
+
+@pytest.mark.parametrize("shape,cols,rows", [
+    ((1, 8, 8, 1, 3), True, False),     # few input channels; 9 taps for 8 output channels
+    ((8, 16, 8, 2, 3), True, True),     # strided, small channel product, 72 taps
+    ((1, 16, 28, 2, 4), True, False),   # 16 taps for 16 output channels: a rows cotangent stays
+    ((8, 8, 16, 1, 3), False, False),   # stride 1 with 8 channels: the rule is faster
+    ((1, 32, 28, 1, 2), False, False),  # 4 taps per input channel
+    ((16, 32, 14, 2, 4), False, False),  # channel product 512
+])
+def test_which_convolutions_take_the_fast_transpose(shape, cols, rows):
+    node, W = _conv_node(*shape)
+    cpu = torch.device("cpu")
+    assert takes_fast_transpose(node, W, torch.float32, cpu, columns_in=True) == cols
+    assert takes_fast_transpose(node, W, torch.float32, cpu, columns_in=False) == rows
+    assert not takes_fast_transpose(node, W.double(), torch.float64, cpu, columns_in=True)
+
+
+def test_layout_of_the_cotangent_is_read_from_the_graph():
+    """digits-cnn: the second convolution (read by Flatten-Gemm) gets a rows cotangent and
+    takes the fast transpose for its 72 taps; the first one gets columns from it."""
+    net = pk.load(str(bundled_path("digits-cnn")))
+    prog = GradientProgram(net)
+    c1, c2 = [s for s in prog.steps if s.node.op_type == "Conv"]
+    cpu = torch.device("cpu")
+    assert prog._columns_in(c1, torch.float32, cpu) and not prog._columns_in(c2, torch.float32, cpu)
+    assert prog._takes_fast(c1, torch.float32, cpu) and prog._takes_fast(c2, torch.float32, cpu)
+    assert not prog._columns_in(c1, torch.float64, cpu)  # the second one is not fast in float64
 
 
 def check_against_autograd(net, x, dz, rtol, atol):
@@ -197,3 +234,17 @@ def test_output_independent_of_input_gives_zero_gradient():
     assert np.allclose(y.numpy(), [1.0, 2.0])
     g = prog.pullback(tape, torch.ones(4, 2, dtype=F64))
     assert g.shape == (4, 3) and not g.any()
+
+
+def test_columns_pass_through_reshapes():
+    """Conv -> Relu -> Flatten -> Unflatten -> Conv: the first convolution's cotangent comes
+    from the second in columns, through the reshapes, and the gradient is autograd's."""
+    torch.manual_seed(4)
+    m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Unflatten(1, (8, 8, 8)),
+                      nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 5)).eval()
+    net = pk.load(m, torch.zeros(1, 1, 8, 8))
+    prog = GradientProgram.for_network(net)
+    c1 = next(s for s in prog.steps if s.node.op_type == "Conv")
+    assert prog._columns_in(c1, torch.float32, torch.device("cpu"))
+    x = torch.rand(40, 1, 8, 8)
+    check_against_autograd(net, x, torch.randn(40, 5), rtol=1e-4, atol=1e-5)

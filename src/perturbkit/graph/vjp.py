@@ -11,8 +11,8 @@ and pulls a cotangent back node by node (reverse topological order):
   Pad, Slice, Transpose, pooling by averaging, ...) and Add/Sub/Concat of runtime values:
   the rule's own ``backward`` (the transpose of its linear part, the same function CROWN
   uses), so no operator needs a second implementation;
-* Conv on the CPU with a small product of input and output channels (per group), see
-  :data:`SMALL_CONV_CHANNELS`: the transpose as a dense product with the kernel (giving
+* Conv on the CPU with few channels, strided or with few input channels (see
+  :data:`SMALL_CONV_CHANNELS`): the transpose as a dense product with the kernel (giving
   every kernel tap's contribution) followed by a sparse 0/1 scatter-add of the taps onto
   the input positions (:class:`_ConvTranspose`);
 * Relu / LeakyRelu: the mask of the pre-activation (autograd's convention: Relu's
@@ -45,12 +45,20 @@ from perturbkit.ops.reshape import ReshapeLike
 
 Tensor = torch.Tensor
 
-#: Conv nodes whose per-group channel product ``(c_in / groups) * (c_out / groups)`` is at
-#: most this are transposed on the CPU by a matrix product and a sparse scatter (see
-#: :class:`_ConvTranspose`).  Measured with one thread (table in docs/benchmarks.md):
-#: channel products 8 to 128 run 1.3-20x faster than oneDNN's transposed convolution, 512
-#: and more 1.1-3.5x slower.
+#: Conv nodes take :class:`_ConvTranspose` (float32 on the CPU) when, per group, the product
+#: of input and output channels is at most SMALL_CONV_CHANNELS, the layer is strided or has
+#: at most FEW_INPUT_CHANNELS input channels (the rule's transposes are weakest there), an
+#: input channel has at least MIN_TAPS kernel taps, and the cotangent arrives in columns or
+#: is cheap to transpose (ROWS_TAPS_PER_CHANNEL).  Measured with one
+#: thread on the digits CNN, the shared VNN-COMP CNNs and CIFAR/MNIST-sized layers
+#: (bench/conv_transpose.py, table in docs/benchmarks.md): 1.1-20x faster where taken; a
+#: stride-1 3x3 layer with 8 channels runs 2x slower than oneDNN, a 1-channel 2x2 layer 3x.
 SMALL_CONV_CHANNELS = 256
+FEW_INPUT_CHANNELS = 4
+MIN_TAPS = 8
+#: a cotangent that arrives in rows (after a dense layer, say) is transposed first; that
+#: pays when the taps of an input channel are at least this many times the output channels
+ROWS_TAPS_PER_CHANNEL = 2
 #: largest scatter matrix built for a Conv node (non-zeros: input channels x kernel size x
 #: output positions)
 SMALL_CONV_MAX_NNZ = 1 << 24
@@ -64,9 +72,10 @@ _JOINTLY_LINEAR = frozenset({"Add", "Sub", "Concat"})
 class _Step:
     node: Node
     rule: object
-    kind: str                   # "affine", "conv-sparse", "relu", "leaky", "autograd"
+    kind: str                   # "constant", "relu", "leaky", "reshape", "dense", "conv", "affine", "autograd"
     runtime: tuple[bool, ...]   # per input: a runtime (input-dependent, floating) value
     save: bool                  # keep the node's inputs for the pull-back
+    index: int = 0              # position in the program
 
 
 class Tape:
@@ -135,8 +144,14 @@ class GradientProgram:
                 kind = "conv" if node.op_type == "Conv" else "affine"
             else:
                 kind = "autograd"
-            steps.append(_Step(node, rule, kind, runtime, save=kind in ("relu", "leaky", "autograd")))
+            steps.append(_Step(node, rule, kind, runtime, save=kind in ("relu", "leaky", "autograd"),
+                               index=len(steps)))
         self.steps = steps
+        #: value name -> indices of the steps that read it
+        self._consumers: dict[str, list[int]] = {}
+        for st in steps:
+            for i in set(st.node.inputs):
+                self._consumers.setdefault(i, []).append(st.index)
         # values whose cotangent is needed: the runtime ones
         self._runtime = runtime_vals
         self._conv: dict[tuple, Optional[_ConvTranspose]] = {}
@@ -226,14 +241,14 @@ class GradientProgram:
             if plan is not None:
                 At = A.m if isinstance(A, _Cols) else A.reshape(tape.batch, -1).t().contiguous()
                 return [_Cols(plan(At), tuple(node.in_shapes[0]))] + [None] * (len(node.inputs) - 1)
-        A = _rows(A)
-        if st.kind == "leaky":
-            a = float(node.attrs.get("alpha", 0.01))
-            return [torch.where(saved[0] >= 0, A, a * A)] + [None] * (len(node.inputs) - 1)
         if st.kind == "reshape":
             if isinstance(A, _Cols):  # a reshape keeps the flattened order: the columns stay
                 return [_Cols(A.m, tuple(node.in_shapes[0]))] + [None] * (len(node.inputs) - 1)
             return [A.reshape(A.shape[0], *node.in_shapes[0])] + [None] * (len(node.inputs) - 1)
+        A = _rows(A)
+        if st.kind == "leaky":
+            a = float(node.attrs.get("alpha", 0.01))
+            return [torch.where(saved[0] >= 0, A, a * A)] + [None] * (len(node.inputs) - 1)
         if st.kind == "dense":
             W = self._dense_matrix(st, consts)
             lead = A.shape[:A.dim() - len(node.out_shape)]
@@ -278,22 +293,54 @@ class GradientProgram:
 
     def _conv_plan(self, st: _Step, W: Tensor, tape: Tape) -> Optional["_ConvTranspose"]:
         """The Conv node's fast transpose for this dtype and device, or None where the rule's
-        (oneDNN's) transposed convolution is used."""
-        node = st.node
-        key = (node.name, tape.dtype, tape.device)
-        if key in self._conv:
-            return self._conv[key]
-        plan = None
-        nd = W.dim() - 2
-        in_shape = node.in_shapes[0]
-        groups = int(node.attrs.get("group", 1))
-        if (tape.device.type == "cpu" and tape.dtype in (torch.float32, torch.float64)
-                and math.prod(in_shape[:-nd - 1]) == 1 and W.shape[0] % groups == 0
-                and W.shape[1] * (W.shape[0] // groups) <= SMALL_CONV_CHANNELS
-                and W.shape[1] * groups * math.prod(W.shape[2:]) * math.prod(node.out_shape[-nd:]) <= SMALL_CONV_MAX_NNZ):
-            plan = _ConvTranspose(node, W.to(tape.dtype), groups)
-        self._conv[key] = plan
-        return plan
+        transposed convolution is used (see :func:`takes_fast_transpose`)."""
+        key = (st.node.name, tape.dtype, tape.device)
+        if key not in self._conv:
+            plan = None
+            if self._takes_fast(st, tape.dtype, tape.device):
+                plan = _ConvTranspose(st.node, W.to(tape.dtype), int(st.node.attrs.get("group", 1)))
+            self._conv[key] = plan
+        return self._conv[key]
+
+    def _takes_fast(self, st: _Step, dtype: torch.dtype, device: torch.device) -> bool:
+        W = self.graph.constants[st.node.inputs[1]]
+        return takes_fast_transpose(st.node, W, dtype, device, columns_in=self._columns_in(st, dtype, device))
+
+    def _columns_in(self, st: _Step, dtype: torch.dtype, device: torch.device) -> bool:
+        """Whether the cotangent of this Conv step's output arrives in the column layout: its
+        only reader, through Relus and reshapes with one reader each, is a Conv that takes
+        the fast transpose.  Decided from the graph alone (no timing), so runs repeat."""
+        v = st.node.output
+        while True:
+            readers = self._consumers.get(v, [])
+            if len(readers) != 1 or v == self.graph.output_name:
+                return False
+            nxt = self.steps[readers[0]]
+            if nxt.kind in ("relu", "reshape") and nxt.node.inputs[0] == v:
+                v = nxt.node.output
+                continue
+            return (nxt.kind == "conv" and nxt.node.inputs[0] == v and nxt.node.inputs.count(v) == 1
+                    and self._takes_fast(nxt, dtype, device))
+
+
+def takes_fast_transpose(node: Node, W: Tensor, dtype: torch.dtype, device: torch.device,
+                         columns_in: bool = False) -> bool:
+    """Whether the program transposes this Conv node with :class:`_ConvTranspose` rather
+    than with the rule's transposed convolution (see :data:`SMALL_CONV_CHANNELS`).
+    ``columns_in``: the output's cotangent arrives in the column layout; otherwise it must
+    be transposed first, which pays only when an output channel has few taps to gather."""
+    nd = W.dim() - 2
+    in_shape = node.in_shapes[0]
+    groups = int(node.attrs.get("group", 1))
+    if torch.device(device).type != "cpu" or dtype != torch.float32 or W.shape[0] % groups:
+        return False
+    cig, cog = W.shape[1], W.shape[0] // groups
+    strided = any(int(v) > 1 for v in node.attrs.get("strides", [1] * nd))
+    taps = cig * math.prod(W.shape[2:])
+    return (math.prod(in_shape[:-nd - 1]) == 1 and cig * cog <= SMALL_CONV_CHANNELS
+            and (strided or cig <= FEW_INPUT_CHANNELS) and taps >= MIN_TAPS
+            and (columns_in or taps >= ROWS_TAPS_PER_CHANNEL * cog)
+            and taps * groups * math.prod(node.out_shape[-nd:]) <= SMALL_CONV_MAX_NNZ)
 
 
 class _ConvTranspose:
@@ -386,4 +433,5 @@ def input_gradient(net, x: Tensor, dz: Tensor) -> tuple[Tensor, Tensor]:
     return z.reshape(b, *net.output_sample_shape), dx.reshape(x.shape)
 
 
-__all__ = ["GradientProgram", "Tape", "input_gradient", "SMALL_CONV_CHANNELS"]
+__all__ = ["GradientProgram", "Tape", "input_gradient", "takes_fast_transpose", "SMALL_CONV_CHANNELS",
+           "FEW_INPUT_CHANNELS", "MIN_TAPS", "ROWS_TAPS_PER_CHANNEL"]
