@@ -18,8 +18,8 @@ and pulls a cotangent back node by node (reverse topological order):
 * Relu / LeakyRelu: the mask of the pre-activation (autograd's convention: Relu's
   derivative at 0 is 0, LeakyRelu's is 1);
 * every other node (Sigmoid, MaxPool, Mul of two runtime values, execute-only ops, ...):
-  a local autograd call on that node alone, with its saved inputs, so the program covers
-  every graph autograd covers.
+  autograd on that node alone (its forward records the node's own small graph), so the
+  program covers every graph autograd covers.
 
 The result equals autograd's gradient of the same forward function up to float rounding
 (tested on random graphs of every supported op in ``tests/test_vjp.py``).
@@ -193,6 +193,14 @@ class GradientProgram:
                     env[node.output] = st.rule.apply(env[node.inputs[0]], W, b)
                     continue
                 args = [consts[i] if i in consts else env[i] for i in node.inputs]
+                if kind == "autograd":  # record this node's autograd graph for the pull-back
+                    args = [a.detach().requires_grad_(True) if r and a.is_floating_point() else a
+                            for a, r in zip(args, st.runtime)]
+                    with torch.enable_grad():
+                        out = _run(st, args, g.source)
+                    tape.saved[k] = [args, out]
+                    env[node.output] = out.detach()
+                    continue
                 env[node.output] = _run(st, args, g.source)
                 if st.save:
                     tape.saved[k] = args
@@ -257,15 +265,13 @@ class GradientProgram:
         if st.kind in ("affine", "conv"):
             xs = [None if r else consts[i] for i, r in zip(node.inputs, st.runtime)]
             return list(st.rule.backward(node, A, *xs))
-        # autograd on this node alone
-        args = [a.detach().requires_grad_(True) if r and a.is_floating_point() else a
-                for a, r in zip(saved, st.runtime)]
+        # autograd on this node alone, through the graph its forward recorded (kept for
+        # further pull-backs of the same tape)
+        args, out = saved
+        if not out.requires_grad:
+            return [None] * len(args)
         wrt = [a for a in args if isinstance(a, Tensor) and a.requires_grad]
-        with torch.enable_grad():
-            out = st.rule.forward(node, *args)
-            if not out.requires_grad:
-                return [None] * len(args)
-            grads = torch.autograd.grad(out, wrt, A, allow_unused=True)
+        grads = torch.autograd.grad(out, wrt, A, allow_unused=True, retain_graph=True)
         it = iter(grads)
         return [next(it) if isinstance(a, Tensor) and a.requires_grad else None for a in args]
 
