@@ -54,7 +54,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -346,7 +345,7 @@ def compare_autoattack(ta, model: str = "digits-cnn-adv", eps: float = 0.2, n: O
             robust = correct(net, xa, y) & clean
         results.append((label, robust, t, c, bool(threat.contains(x, xa, tol=1e-5).all())))
     ref_robust = results[0][1]
-    t0, c0 = results[0][2], results[0][3]
+    t0 = results[0][2]
     lines = ["| attack | model | eps (Linf) | points | clean % | robust % | wall s | CPU s "
              "| perturbkit / this (wall) | robust here, broken by perturbkit | broken here, robust for perturbkit "
              "| in ball |",

@@ -1,9 +1,9 @@
 """Transposed convolution (the input gradient of a Conv) on the CPU: oneDNN against the
-GradientProgram's kernel product + sparse tap scatter (perturbkit.graph.vjp._ConvTranspose).
+GradientProgram's kernel product + sparse tap scatter (perturbkit.graph.vjp.ConvTranspose).
 
     taskset -c 1 python bench/conv_transpose.py [--markdown OUT.md]
 
-Question: for which convolutions is ``_ConvTranspose`` faster than the Conv rule's own
+Question: for which convolutions is ``ConvTranspose`` faster than the Conv rule's own
 transpose (oneDNN's transposed convolution, or an unfold-free product + fold for layers
 with at most 4 input channels), which the GradientProgram uses otherwise?  Autograd's
 ``convolution_backward`` (oneDNN) is shown beside.  The answer sets the rule ``takes_fast_transpose`` in
@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from perturbkit.graph.ir import Node  # noqa: E402
-from perturbkit.graph.vjp import _ConvTranspose, takes_fast_transpose  # noqa: E402
+from perturbkit.graph.conv_transpose import ConvTranspose, takes_fast_transpose  # noqa: E402
 from perturbkit.ops.registry import RULES  # noqa: E402
 
 # (batch, c_in, c_out, size, stride, kernel, pad)
@@ -76,7 +76,7 @@ def measure() -> list[str]:
         node = Node(name="conv", op_type="Conv", inputs=("x", "W"), output="y",
                     attrs={"pads": [p] * 4, "strides": [s, s], "kernel_shape": [k, k]},
                     in_shapes=((1, ci, H, H), tuple(W.shape)), out_shape=(1, *y.shape[1:]))
-        plan = _ConvTranspose(node, W, 1)
+        plan = ConvTranspose(node, W, 1)
         goT = go.reshape(B, -1).t().contiguous()
 
         def native():

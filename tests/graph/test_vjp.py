@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,8 @@ from perturbkit.attacks.base import Classifier
 from perturbkit.graph.interpret import execute
 from perturbkit.graph.ir import Graph, Node, frozen_attrs
 from perturbkit.graph.network import Network
-from perturbkit.graph.vjp import GradientProgram, _ConvTranspose, input_gradient, takes_fast_transpose
+from perturbkit.graph.conv_transpose import ConvTranspose, takes_fast_transpose
+from perturbkit.graph.vjp import GradientProgram, input_gradient
 from perturbkit.models import bundled_path, load_digits_test
 from perturbkit.ops.registry import rule_for
 from tests.conformance.cases import CASES, F64
@@ -98,11 +100,11 @@ CONV_CASES = [c for c in DIFF_CASES if c.op_type == "Conv" and math.prod(c.in_sh
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=[c.id for c in CONV_CASES])
 def test_conv_transpose_equals_the_rule_on_every_geometry(case):
-    """_ConvTranspose (whichever layers the program gives it) is the rule's transpose for
+    """ConvTranspose (whichever layers the program gives it) is the rule's transpose for
     every Conv case: strides, dilations, groups, asymmetric and SAME pads, 1-D."""
     node = case.node()
     W = case.consts[1]
-    plan = _ConvTranspose(node, W, int(node.attrs.get("group", 1)))
+    plan = ConvTranspose(node, W, int(node.attrs.get("group", 1)))
     B = 5
     A = torch.randn(B, *node.out_shape, generator=torch.Generator().manual_seed(3), dtype=F64)
     got = plan(A.reshape(B, -1).t().contiguous()).t().reshape(B, *node.in_shapes[0])
@@ -248,3 +250,20 @@ def test_columns_pass_through_reshapes():
     assert prog._columns_in(c1, torch.float32, torch.device("cpu"))
     x = torch.rand(40, 1, 8, 8)
     check_against_autograd(net, x, torch.randn(40, 5), rtol=1e-4, atol=1e-5)
+
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+NETS = sorted({p.name: p for p in DATA.rglob("*.onnx")}.values())
+
+
+@pytest.mark.parametrize("path", NETS, ids=[p.stem for p in NETS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_vnncomp_networks_match_autograd(path, dtype):
+    """The VNN-COMP networks copied into tests/data (ACAS Xu, the test set, the lirpa
+    reference CNNs with BatchNorm, residual and HardTanh layers)."""
+    net = pk.load(str(path))
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(6, *net.sample_shape, generator=g, dtype=dtype)
+    dz = torch.randn(6, *net.output_sample_shape, generator=g, dtype=dtype)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    check_against_autograd(net, x, dz, rtol=tol, atol=tol)

@@ -4,17 +4,20 @@ Attacks need ``d <v, f(x)> / dx`` for a batch of inputs thousands of times, on n
 that are often small.  PyTorch's autograd pays for recording a graph on every call, and
 oneDNN's transposed convolution is several times slower than the forward convolution for
 layers with few channels (an image's first layers).  :class:`GradientProgram` runs the
-network's forward rules once under ``no_grad``, keeps what each node's derivative needs,
-and pulls a cotangent back node by node (reverse topological order):
+network's forward rules once (the same tensor operations as the interpreter, so the
+outputs are identical), keeps what each node's derivative needs, and pulls a cotangent
+back node by node (reverse topological order):
 
 * affine nodes with one runtime input (Gemm, MatMul, Conv, Reshape, Flatten, BatchNorm,
   Pad, Slice, Transpose, pooling by averaging, ...) and Add/Sub/Concat of runtime values:
   the rule's own ``backward`` (the transpose of its linear part, the same function CROWN
   uses), so no operator needs a second implementation;
-* Conv on the CPU with few channels, strided or with few input channels (see
-  :data:`SMALL_CONV_CHANNELS`): the transpose as a dense product with the kernel (giving
-  every kernel tap's contribution) followed by a sparse 0/1 scatter-add of the taps onto
-  the input positions (:class:`_ConvTranspose`);
+* Gemm / MatMul with a constant matrix: one product with that matrix, cached contiguous;
+* Conv on the CPU with few channels, strided or with few input channels
+  (:func:`~perturbkit.graph.conv_transpose.takes_fast_transpose`): the transpose as a
+  dense product with the kernel (giving every kernel tap's contribution) followed by a
+  sparse 0/1 scatter-add of the taps onto the input positions
+  (:class:`~perturbkit.graph.conv_transpose.ConvTranspose`);
 * Relu / LeakyRelu: the mask of the pre-activation (autograd's convention: Relu's
   derivative at 0 is 0, LeakyRelu's is 1);
 * every other node (Sigmoid, MaxPool, Mul of two runtime values, execute-only ops, ...):
@@ -22,46 +25,28 @@ and pulls a cotangent back node by node (reverse topological order):
   program covers every graph autograd covers.
 
 The result equals autograd's gradient of the same forward function up to float rounding
-(tested on random graphs of every supported op in ``tests/test_vjp.py``).
+(tested on every operator's conformance cases, the bundled models and the shared
+VNN-COMP networks' kinds of layers in ``tests/graph/test_vjp.py``).
 
 Shapes: ``x`` is the network's internal input ``(B, *declared_input_shape)``; the
 cotangent and the output ``(B, *declared_output_shape)``.
 """
 from __future__ import annotations
 
-import math
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from perturbkit.errors import ModelError, PerturbkitError
+from perturbkit.graph.conv_transpose import ConvTranspose, takes_fast_transpose
 from perturbkit.graph.ir import Node
-from perturbkit.ops.conv import conv_pads
 from perturbkit.ops.base import AffineRule
 from perturbkit.ops.registry import rule_for
 from perturbkit.ops.reshape import ReshapeLike
 
 Tensor = torch.Tensor
 
-#: Conv nodes take :class:`_ConvTranspose` (float32 on the CPU) when, per group, the product
-#: of input and output channels is at most SMALL_CONV_CHANNELS, the layer is strided or has
-#: at most FEW_INPUT_CHANNELS input channels (the rule's transposes are weakest there), an
-#: input channel has at least MIN_TAPS kernel taps, and the cotangent arrives in columns or
-#: is cheap to transpose (ROWS_TAPS_PER_CHANNEL).  Measured with one
-#: thread on the digits CNN, the shared VNN-COMP CNNs and CIFAR/MNIST-sized layers
-#: (bench/conv_transpose.py, table in docs/benchmarks.md): 1.1-20x faster where taken; a
-#: stride-1 3x3 layer with 8 channels runs 2x slower than oneDNN, a 1-channel 2x2 layer 3x.
-SMALL_CONV_CHANNELS = 256
-FEW_INPUT_CHANNELS = 4
-MIN_TAPS = 8
-#: a cotangent that arrives in rows (after a dense layer, say) is transposed first; that
-#: pays when the taps of an input channel are at least this many times the output channels
-ROWS_TAPS_PER_CHANNEL = 2
-#: largest scatter matrix built for a Conv node (non-zeros: input channels x kernel size x
-#: output positions)
-SMALL_CONV_MAX_NNZ = 1 << 24
 
 #: affine ops that are linear jointly in several runtime inputs (others with two runtime
 #: inputs, e.g. Mul, are products and take the autograd path)
@@ -152,9 +137,7 @@ class GradientProgram:
         for st in steps:
             for i in set(st.node.inputs):
                 self._consumers.setdefault(i, []).append(st.index)
-        # values whose cotangent is needed: the runtime ones
-        self._runtime = runtime_vals
-        self._conv: dict[tuple, Optional[_ConvTranspose]] = {}
+        self._conv: dict[tuple, Optional[ConvTranspose]] = {}
         self._dense: dict[tuple, Tensor] = {}
         self._gemm: dict[tuple, tuple] = {}
 
@@ -297,14 +280,14 @@ class GradientProgram:
             W = self._dense[key] = _dense_operand(node, st.runtime, consts).contiguous()
         return W
 
-    def _conv_plan(self, st: _Step, W: Tensor, tape: Tape) -> Optional["_ConvTranspose"]:
+    def _conv_plan(self, st: _Step, W: Tensor, tape: Tape) -> Optional["ConvTranspose"]:
         """The Conv node's fast transpose for this dtype and device, or None where the rule's
         transposed convolution is used (see :func:`takes_fast_transpose`)."""
         key = (st.node.name, tape.dtype, tape.device)
         if key not in self._conv:
             plan = None
             if self._takes_fast(st, tape.dtype, tape.device):
-                plan = _ConvTranspose(st.node, W.to(tape.dtype), int(st.node.attrs.get("group", 1)))
+                plan = ConvTranspose(st.node, W.to(tape.dtype), int(st.node.attrs.get("group", 1)))
             self._conv[key] = plan
         return self._conv[key]
 
@@ -327,81 +310,6 @@ class GradientProgram:
                 continue
             return (nxt.kind == "conv" and nxt.node.inputs[0] == v and nxt.node.inputs.count(v) == 1
                     and self._takes_fast(nxt, dtype, device))
-
-
-def takes_fast_transpose(node: Node, W: Tensor, dtype: torch.dtype, device: torch.device,
-                         columns_in: bool = False) -> bool:
-    """Whether the program transposes this Conv node with :class:`_ConvTranspose` rather
-    than with the rule's transposed convolution (see :data:`SMALL_CONV_CHANNELS`).
-    ``columns_in``: the output's cotangent arrives in the column layout; otherwise it must
-    be transposed first, which pays only when an output channel has few taps to gather."""
-    nd = W.dim() - 2
-    in_shape = node.in_shapes[0]
-    groups = int(node.attrs.get("group", 1))
-    if torch.device(device).type != "cpu" or dtype != torch.float32 or W.shape[0] % groups:
-        return False
-    cig, cog = W.shape[1], W.shape[0] // groups
-    strided = any(int(v) > 1 for v in node.attrs.get("strides", [1] * nd))
-    taps = cig * math.prod(W.shape[2:])
-    return (math.prod(in_shape[:-nd - 1]) == 1 and cig * cog <= SMALL_CONV_CHANNELS
-            and (strided or cig <= FEW_INPUT_CHANNELS) and taps >= MIN_TAPS
-            and (columns_in or taps >= ROWS_TAPS_PER_CHANNEL * cog)
-            and taps * groups * math.prod(node.out_shape[-nd:]) <= SMALL_CONV_MAX_NNZ)
-
-
-class _ConvTranspose:
-    """Transpose of a convolution on cotangents in column layout ``(c_out * L, B)`` (``L``
-    output positions), for a node whose declared input has no batch beyond 1.
-
-    ``taps = W_g^T @ A`` gives, per input channel and kernel tap, the contribution to the
-    input position the tap reads, for every output position: ``(c_in * K, L * B)``, one
-    dense (batched over groups) matrix product.  A 0/1 CSR matrix ``S (n_in, c_in * K * L)``
-    then adds every tap onto its input position (taps that read padding are dropped).
-    """
-
-    def __init__(self, node: Node, W: Tensor, groups: int):
-        nd = W.dim() - 2
-        c_out, cig = W.shape[:2]
-        kernel = tuple(W.shape[2:])
-        spatial = tuple(node.in_shapes[0][-nd:])
-        out_sp = tuple(node.out_shape[-nd:])
-        pads = conv_pads(node, spatial, kernel)[:nd]
-        strides = list(node.attrs.get("strides", [1] * nd))
-        dil = list(node.attrs.get("dilations", [1] * nd))
-        self.groups, self.c_out = groups, c_out
-        K, L = math.prod(kernel), math.prod(out_sp)
-        # (groups, cig * K, c_out / groups): the kernel of each group, transposed
-        self.Wt = W.reshape(groups, c_out // groups, cig * K).transpose(1, 2).contiguous()
-        ci = cig * groups
-        shape = [ci, *kernel, *out_sp]
-        flat = (torch.arange(ci) * math.prod(spatial)).view([ci] + [1] * (2 * nd))
-        valid = torch.ones([1] * (1 + 2 * nd), dtype=torch.bool)
-        for d in range(nd):
-            v = torch.arange(out_sp[d])[None, :] * strides[d] - pads[d] + torch.arange(kernel[d])[:, None] * dil[d]
-            vshape = [1] * (1 + 2 * nd)
-            vshape[1 + d], vshape[1 + nd + d] = kernel[d], out_sp[d]
-            v = v.view(vshape)
-            valid = valid & (v >= 0) & (v < spatial[d])
-            flat = flat + v * math.prod(spatial[d + 1:])
-        flat, valid = flat.expand(shape), valid.expand(shape)
-        rows = flat[valid]
-        cols = torch.arange(ci * K * L).view(shape)[valid]
-        n_in = ci * math.prod(spatial)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is all we use
-            warnings.simplefilter("ignore", UserWarning)
-            S = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(rows.numel(), dtype=W.dtype),
-                                        (n_in, ci * K * L), check_invariants=False).coalesce()
-            self.S = S.to_sparse_csr()
-
-    def __call__(self, At: Tensor) -> Tensor:
-        """``At (c_out * L, B)`` contiguous -> ``(n_in, B)``."""
-        B = At.shape[1]
-        g = self.groups
-        if g == 1:
-            taps = self.Wt[0] @ At.view(self.c_out, -1)
-        else:
-            taps = torch.bmm(self.Wt, At.view(g, self.c_out // g, -1))
-        return self.S @ taps.view(-1, B)
 
 
 def _dense_operand(node: Node, runtime: tuple[bool, ...], consts) -> Optional[Tensor]:
@@ -439,5 +347,4 @@ def input_gradient(net, x: Tensor, dz: Tensor) -> tuple[Tensor, Tensor]:
     return z.reshape(b, *net.output_sample_shape), dx.reshape(x.shape)
 
 
-__all__ = ["GradientProgram", "Tape", "input_gradient", "takes_fast_transpose", "SMALL_CONV_CHANNELS",
-           "FEW_INPUT_CHANNELS", "MIN_TAPS", "ROWS_TAPS_PER_CHANNEL"]
+__all__ = ["GradientProgram", "Tape", "input_gradient"]
