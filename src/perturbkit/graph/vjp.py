@@ -262,7 +262,7 @@ class GradientProgram:
         """A Gemm node's weight and bias as its rule prepares them (per dtype and device)."""
         node = st.node
         some = consts[node.inputs[1]]
-        key = (node.name, some.dtype, some.device)
+        key = (st.index, some.dtype, some.device)
         got = self._gemm.get(key)
         if got is None:
             xs = [None if r else consts[i] for i, r in zip(node.inputs, st.runtime)]
@@ -274,7 +274,7 @@ class GradientProgram:
         linear part ``x @ W_eff^T`` on the last axis (per dtype and device)."""
         node = st.node
         some = consts[node.inputs[1]]
-        key = (node.name, some.dtype, some.device)
+        key = (st.index, some.dtype, some.device)
         W = self._dense.get(key)
         if W is None:
             W = self._dense[key] = _dense_operand(node, st.runtime, consts).contiguous()
@@ -283,7 +283,7 @@ class GradientProgram:
     def _conv_plan(self, st: _Step, W: Tensor, tape: Tape) -> Optional["ConvTranspose"]:
         """The Conv node's fast transpose for this dtype and device, or None where the rule's
         transposed convolution is used (see :func:`takes_fast_transpose`)."""
-        key = (st.node.name, tape.dtype, tape.device)
+        key = (st.index, tape.dtype, tape.device)
         if key not in self._conv:
             plan = None
             if self._takes_fast(st, tape.dtype, tape.device):
