@@ -148,3 +148,19 @@ def test_branch_and_bound_with_alpha_crown_on_open_boxes():
         assert r.verdict == answer
         if answer == "sat":
             _check_counterexample(path, prop, r)
+
+
+def test_violations_from_one_evaluation_equal_the_two_objectives():
+    """The falsifier's PGD reads both objectives from one network evaluation."""
+    from perturbkit.verify.falsify import violation, violations
+
+    torch.manual_seed(0)
+    net = pk.load(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 4)), torch.zeros(1, 3))
+    x = torch.randn(20, 3)
+    C = torch.randn(5, 4)
+    d = torch.randn(5)
+    owner = torch.tensor([0, 0, 1, 2, 2])
+    v, h = violations(net, x, C, d, owner, 3, hinge=0.1)
+    assert torch.equal(v, violation(net, x, C, d, owner, 3))
+    assert torch.equal(h, violation(net, x, C, d, owner, 3, hinge=0.1))
+    assert v.shape == h.shape == (20, 3)

@@ -55,12 +55,26 @@ def violation(net: Network, x: Tensor, C: Tensor, d: Tensor, clause_of_row: Tens
 
     x: (N, n) flat inputs; C: (R, n_out); d: (R,); clause_of_row: (R,) int64.
     """
+    g = _rows(net, x, C, d)
+    return _hinged(g, clause_of_row, n_clauses, hinge) if hinge is not None else clause_max(g, clause_of_row, n_clauses)
+
+
+def violations(net: Network, x: Tensor, C: Tensor, d: Tensor, clause_of_row: Tensor, n_clauses: int,
+               hinge: float) -> tuple[Tensor, Tensor]:
+    """``violation`` without and with ``hinge``, from one evaluation of the network."""
+    g = _rows(net, x, C, d)
+    return clause_max(g, clause_of_row, n_clauses), _hinged(g, clause_of_row, n_clauses, hinge)
+
+
+def _rows(net: Network, x: Tensor, C: Tensor, d: Tensor) -> Tensor:
+    """``C f(x) - d``: (N, R)."""
     y = net(x.reshape(x.shape[0], *net.sample_shape)).reshape(x.shape[0], -1)
-    g = y @ C.T - d  # (N, R)
-    if hinge is not None:
-        out = torch.zeros((x.shape[0], n_clauses), dtype=g.dtype, device=g.device)
-        return out.scatter_add(1, clause_of_row.expand(x.shape[0], -1), torch.relu(g + hinge))
-    return clause_max(g, clause_of_row, n_clauses)
+    return y @ C.T - d
+
+
+def _hinged(g: Tensor, clause_of_row: Tensor, n_clauses: int, hinge: float) -> Tensor:
+    out = torch.zeros((g.shape[0], n_clauses), dtype=g.dtype, device=g.device)
+    return out.scatter_add(1, clause_of_row.expand(g.shape[0], -1), torch.relu(g + hinge))
 
 
 def search(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, clause_of_row: Tensor, n_clauses: int,
@@ -96,8 +110,7 @@ def search(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, clause_of
             break
         x.requires_grad_(True)
         with torch.enable_grad():
-            v = violation(net, x, C, d, clause_of_row, n_clauses)
-            h = violation(net, x, C, d, clause_of_row, n_clauses, hinge=config.margin)
+            v, h = violations(net, x, C, d, clause_of_row, n_clauses, hinge=config.margin)
             t = target.to(v.device).unsqueeze(1)
             obj = torch.where(use_hinge, h.gather(1, t).squeeze(1), v.gather(1, t).squeeze(1))
             (grad,) = torch.autograd.grad(obj.sum(), x)
@@ -132,8 +145,7 @@ def pgd_in_boxes(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, cla
             break
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            v = violation(net, x, C, d, clause_of_row, n_clauses)
-            h = violation(net, x, C, d, clause_of_row, n_clauses, hinge=1e-4)
+            v, h = violations(net, x, C, d, clause_of_row, n_clauses, hinge=1e-4)
             obj = h.gather(1, v.argmin(1, keepdim=True)).squeeze(1)  # hinge of the closest clause
             (grad,) = torch.autograd.grad(obj.sum(), x)
         with torch.no_grad():
