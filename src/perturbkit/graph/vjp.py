@@ -40,6 +40,7 @@ import torch
 
 from perturbkit.errors import ModelError, PerturbkitError
 from perturbkit.graph.conv_transpose import ConvTranspose, takes_fast_transpose
+from perturbkit.graph.interpret import run_node
 from perturbkit.graph.ir import Node
 from perturbkit.ops.base import AffineRule
 from perturbkit.ops.registry import rule_for
@@ -59,7 +60,6 @@ class _Step:
     rule: object
     kind: str                   # "constant", "relu", "leaky", "reshape", "dense", "conv", "affine", "autograd"
     runtime: tuple[bool, ...]   # per input: a runtime (input-dependent, floating) value
-    save: bool                  # keep the node's inputs for the pull-back
     index: int = 0              # position in the program
 
 
@@ -129,8 +129,7 @@ class GradientProgram:
                 kind = "conv" if node.op_type == "Conv" else "affine"
             else:
                 kind = "autograd"
-            steps.append(_Step(node, rule, kind, runtime, save=kind in ("relu", "leaky", "autograd"),
-                               index=len(steps)))
+            steps.append(_Step(node, rule, kind, runtime, index=len(steps)))
         self.steps = steps
         #: value name -> indices of the steps that read it
         self._consumers: dict[str, list[int]] = {}
@@ -180,12 +179,12 @@ class GradientProgram:
                     args = [a.detach().requires_grad_(True) if r and a.is_floating_point() else a
                             for a, r in zip(args, st.runtime)]
                     with torch.enable_grad():
-                        out = _run(st, args, g.source)
+                        out = run_node(node, st.rule, args, g.source)
                     tape.saved[k] = [args, out]
                     env[node.output] = out.detach()
                     continue
-                env[node.output] = _run(st, args, g.source)
-                if st.save:
+                env[node.output] = run_node(node, st.rule, args, g.source)
+                if kind == "leaky":
                     tape.saved[k] = args
         return env[g.output_name], tape
 
@@ -326,15 +325,6 @@ def _dense_operand(node: Node, runtime: tuple[bool, ...], consts) -> Optional[Te
     if node.op_type == "MatMul" and len(node.inputs) == 2:
         return W.t()
     return None
-
-
-def _run(st: _Step, args: list, source: str) -> Tensor:
-    try:
-        return st.rule.forward(st.node, *args)
-    except PerturbkitError:
-        raise
-    except Exception as e:  # noqa: BLE001 - re-raised with the location
-        raise ModelError(f"while executing {st.node.where(source)}: {type(e).__name__}: {e}") from e
 
 
 def input_gradient(net, x: Tensor, dz: Tensor) -> tuple[Tensor, Tensor]:
