@@ -26,12 +26,15 @@ class Network:
     """A model in the IR.  Call it on a batch: ``net(x) -> (B, *output_sample_shape)``."""
 
     def __init__(self, graph: Graph):
-        self.graph = graph
+        from perturbkit.graph.lower import lower_graph
+
+        for node in graph.nodes:  # fail early on operators without a rule
+            rule_for(node, graph.source)
+        #: the graph as the bound algorithms see it: fused and lowered (graph/lower.py)
+        self.graph = lower_graph(graph)
         self._const_cache: dict[tuple[torch.dtype, torch.device], dict[str, torch.Tensor]] = {}
         #: tensors derived from the constants only (e.g. local transpose matrices), by key
         self.derived: dict = {}
-        for node in graph.nodes:  # fail early on operators without a rule
-            rule_for(node, graph.source)
 
     # -- shapes ---------------------------------------------------------------
     @property

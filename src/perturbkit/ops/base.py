@@ -12,6 +12,18 @@ Every operator has one rule object in :mod:`perturbkit.ops.registry`.  A rule is
 * :class:`SelectionRule`: each output element is bounded by lines in *one chosen* input
   element (MaxPool).  ``relax`` returns a :class:`Relaxation` whose lines carry an
   ``index`` into the flattened per-sample input.
+* :class:`BilinearRule`: a product of two perturbed tensors that is linear in each one
+  (elementwise Mul, MatMul).  The rule gives ``forward``, ``interval`` and the transposes
+  of the product with one side held fixed; the engine builds the McCormick planes from
+  them (:mod:`perturbkit.bounds.bilinear`).
+* :class:`CompositeRule`: an operator bounded through its decomposition into the operators
+  above (Softmax, LayerNormalization, ...).  It gives ``forward`` (executed as one torch
+  call) and ``lower``; :mod:`perturbkit.graph.lower` replaces it by its decomposition when
+  a :class:`~perturbkit.graph.network.Network` is built, so bound algorithms never see it.
+
+Any rule may also rewrite a node into other nodes through :meth:`OpRule.lower` (e.g. a
+Mul of two perturbed tensors becomes a BilinearMul); the lowering pass applies it until
+no rule asks for more.
 
 Calling conventions (see :mod:`perturbkit.graph.ir` for shapes): rule methods receive
 ``node`` and one argument per node input.  A constant input is passed as its tensor
@@ -21,11 +33,14 @@ Calling conventions (see :mod:`perturbkit.graph.ir` for shapes): rule methods re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional, Sequence
+from typing import TYPE_CHECKING, ClassVar, Optional, Sequence
 
 import torch
 
 from perturbkit.graph.ir import Node
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from perturbkit.graph.lower import Emitter
 
 Tensor = torch.Tensor
 
@@ -87,6 +102,15 @@ class OpRule:
 
     def interval(self, node: Node, *xs) -> Interval:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def lower(self, node: Node, runtime: tuple[bool, ...], emit: "Emitter") -> bool:
+        """Rewrite ``node`` into other nodes, or leave it (return False, the default).
+
+        ``runtime[i]`` says whether input ``i`` is a runtime value (else a constant).  A rule
+        that rewrites calls ``emit.node(...)`` / ``emit.const(...)`` (the last node it emits
+        must produce ``node.output``) and returns True.  See :mod:`perturbkit.graph.lower`.
+        """
+        return False
 
 
 class AffineRule(OpRule):
@@ -150,6 +174,50 @@ class SelectionRule(OpRule):
 
     def unstable(self, node: Node, lo: Tensor, hi: Tensor) -> Tensor:
         return torch.ones_like(lo, dtype=torch.bool)
+
+
+class BilinearRule(OpRule):
+    """``z = f(a, b)`` with both inputs perturbed and ``f`` linear in each (Mul, MatMul).
+
+    The engine relaxes ``f`` by McCormick planes (:mod:`perturbkit.bounds.bilinear`) built
+    from the two transposes below, so the rule writes no relaxation algebra.  "Fixed"
+    operands there carry the batch dimension: shape ``(B, *node.in_shapes[i])``, while the
+    coefficients ``A`` are ``(B, S, *node.out_shape)``.
+    """
+
+    kind = "bilinear"
+
+    def transpose(self, node: Node, A: Tensor, fixed: Tensor, side: int) -> Tensor:
+        """Coefficients on input ``side`` of ``<A, f(a, b)>`` with the other input fixed.
+
+        Args:
+            A: ``(B, S, *out_shape)``.
+            fixed: the other input, ``(B, *node.in_shapes[1 - side])``.
+        Returns:
+            ``(B, S, *node.in_shapes[side])`` such that ``<A, f(a, b)> = <result, input side>``.
+        """
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    # alpha-CROWN: per output element and bound row, the weight ``t`` in [0, 1] of the first
+    # McCormick plane against the second one (1: the planes of Shi et al. 2020)
+    def alpha_range(self, node: Node) -> Optional[tuple[float, float]]:
+        return (0.0, 1.0)
+
+
+class CompositeRule(OpRule):
+    """An operator bounded through its decomposition (see :meth:`OpRule.lower`).
+
+    Networks are lowered when they are built, so ``interval`` is never reached by the
+    bound algorithms; it raises to make a misuse loud."""
+
+    kind = "composite"
+
+    def interval(self, node: Node, *xs) -> Interval:
+        raise TypeError(f"{node.where()} is a composite operator: lower the graph first "
+                        "(perturbkit.graph.lower.lower_graph)")
+
+    def lower(self, node: Node, runtime: tuple[bool, ...], emit: "Emitter") -> bool:  # pragma: no cover
+        raise NotImplementedError
 
 
 def perturbed(xs: Sequence[object]) -> list[int]:
