@@ -100,6 +100,10 @@ def bounds(network: Network, input_set: PerturbationSet, method: str = "crown", 
             raise InputError("C contains NaN or inf")
     with torch.no_grad():
         lower, upper = METHODS[method](ctx, C)
+    # a NaN (e.g. 0 * inf where an input set or intermediate bound is unbounded) says
+    # nothing: the sound answer is the trivial bound
+    lower = torch.where(torch.isnan(lower), torch.full_like(lower, -torch.inf), lower)
+    upper = torch.where(torch.isnan(upper), torch.full_like(upper, torch.inf), upper)
     return Bounds(lower=lower, upper=upper)
 
 

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from perturbkit.bounds import patches
-from perturbkit.bounds.crown import intermediate_bounds
+from perturbkit.bounds.crown import intermediate_bounds, with_output_interval
 from perturbkit.bounds.engine import Context, backward, make_context
 from perturbkit.ops.base import Interval
 from perturbkit.ops.registry import rule_for
@@ -104,11 +104,13 @@ def _init_alphas(ctx: Context, start: str, rows: int, warm: Optional[dict[str, T
         if node.name not in up or node.output == start:
             continue
         rule = rule_for(node, ctx.graph.source)
-        if rule.kind != "activation" or rule.alpha_range(node) is None:
+        if rule.kind not in ("activation", "bilinear") or rule.alpha_range(node) is None:
             continue
         x = ctx.intervals[node.inputs[0]]
         if warm is not None and node.name in warm and warm[node.name].shape[1] == rows:
             a = warm[node.name].detach().clone()
+        elif rule.kind == "bilinear":  # t = 1: CROWN's planes
+            a = torch.ones(x.lo.shape[0], rows, *node.out_shape, dtype=ctx.dtype, device=ctx.device)
         else:
             a0 = rule.alpha_init(node, x.lo, x.hi, *[ctx.consts[i] for i in node.inputs[1:]])
             a = a0.unsqueeze(1).expand(x.lo.shape[0], rows, *x.lo.shape[1:]).clone()
@@ -222,6 +224,10 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
             ctx.intervals = ref
             ctx.relaxations, ctx.relax_flags = {}, {}
     lo, hi = _halves(best, B0, S, config)
+    if not config.separate_upper:  # (the doubled context's intervals are of the doubled batch)
+        lo, hi = with_output_interval(ctx, C, lo, hi)
+        if config.lower_only:
+            hi = torch.full_like(hi, float("inf"))
     return lo, hi, best_alphas
 
 

@@ -20,6 +20,7 @@ import math
 import torch
 
 from perturbkit.bounds.engine import Context, backward, interval_of, tighten, with_prior
+from perturbkit.bounds.ibp import interval_spec
 from perturbkit.ops.base import Interval
 from perturbkit.ops.registry import rule_for
 
@@ -31,6 +32,9 @@ def _needs_bounds(ctx: Context) -> dict[str, list]:
         rule = rule_for(node, g.source)
         if rule.kind in ("activation", "selection"):
             need.setdefault(node.inputs[0], []).append(node)
+        elif rule.kind == "bilinear":  # the McCormick planes read both operands' bounds
+            for i in dict.fromkeys(node.inputs):
+                need.setdefault(i, []).append(node)
     return need
 
 
@@ -39,7 +43,12 @@ def _unstable_mask(ctx: Context, consumers: list, itv: Interval) -> torch.Tensor
     for node in consumers:
         rule = rule_for(node, ctx.graph.source)
         consts = [ctx.consts[i] for i in node.inputs[1:] if i in ctx.consts]
-        m = rule.unstable(node, itv.lo, itv.hi, *consts) if rule.kind == "activation" else rule.unstable(node, itv.lo, itv.hi)
+        if rule.kind == "activation":
+            m = rule.unstable(node, itv.lo, itv.hi, *consts)
+        elif rule.kind == "selection":
+            m = rule.unstable(node, itv.lo, itv.hi)
+        else:  # bilinear: every plane depends on the operands' bounds
+            m = torch.ones_like(itv.lo, dtype=torch.bool)
         mask = m if mask is None else (mask | m)
     return mask
 
@@ -86,4 +95,20 @@ def crown(ctx: Context, C: torch.Tensor | None, *, intermediate: str = "crown") 
     A = spec_rows(ctx, C)
     S = A.shape[1] // 2
     r = backward(ctx, ctx.graph.output_name, A)
-    return r[:, :S], -r[:, S:]
+    return with_output_interval(ctx, C, r[:, :S], -r[:, S:])
+
+
+def with_output_interval(ctx: Context, C: torch.Tensor | None, lower: torch.Tensor,
+                         upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear bounds intersected with the interval the intermediate pass left on the output.
+
+    Both are sound, so the intersection is; it makes CROWN never looser than that interval
+    (which the backward pass can be, e.g. through long chains of products in a Transformer).
+    """
+    from perturbkit.bounds import engine
+
+    out = ctx.intervals.get(ctx.graph.output_name)
+    if out is None or not engine.INTERSECT_INTERMEDIATE:
+        return lower, upper
+    ilo, ihi = interval_spec(out, C, ctx.batch)
+    return torch.maximum(lower, ilo), torch.minimum(upper, ihi)

@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 
+from perturbkit.bounds.bilinear import bilinear_backward
 from perturbkit.graph.ir import Node
 from perturbkit.graph.network import Network
 from perturbkit.ops.base import Interval, Line, Relaxation
@@ -247,8 +248,9 @@ def _tighten_pairs(ctx: Context, name: str, itv: Interval, pairs: Tensor, widest
     end = ctx.position.get(name, -1)
     acts = [node for node in g.nodes[:end + 1] if rule_for(node, g.source).kind == "activation"]
     others = [node for node in g.nodes[:end + 1] if rule_for(node, g.source).kind == "selection"]
+    products = [node for node in g.nodes[:end + 1] if rule_for(node, g.source).kind == "bilinear"]
     parts = {node.name: _relaxation_parts(ctx, node) for node in acts}
-    keep = {node.inputs[0] for node in acts + others}
+    keep = {node.inputs[0] for node in acts + others} | {i for node in products for i in node.inputs}
     for start in range(0, pairs.shape[0], chunk):
         b, j = pairs[start:start + chunk, 0], pairs[start:start + chunk, 1]
         P = b.numel()
@@ -420,6 +422,13 @@ def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = No
                 _add(store, node.inputs[0], Ap.mul_(sl).add_(An.mul_(su)))
             else:
                 _add(store, node.inputs[0], Ap * sl + An * su)
+        elif rule.kind == "bilinear":
+            t = alphas.get(node.name) if alphas is not None else None
+            xa, xb = ctx.intervals[node.inputs[0]], ctx.intervals[node.inputs[1]]
+            ca, cb, b = bilinear_backward(rule, node, A, xa, xb, t)
+            bias = bias + b
+            _add(store, node.inputs[0], ca)
+            _add(store, node.inputs[1], cb)
         elif rule.kind == "selection":
             rel = relaxation_of(ctx, node)
             in_shape = node.in_shapes[0]

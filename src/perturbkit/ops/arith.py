@@ -1,5 +1,9 @@
 """Elementwise affine arithmetic: Add, Sub (any operands, residual connections included),
-Mul and Div by a constant, Neg.  Numpy broadcasting throughout."""
+Mul and Div by a constant, Neg.  Numpy broadcasting throughout.
+
+Mul of two runtime values and Div by a runtime value are not affine: lowering rewrites
+them (``Mul(x, x) -> Pow(x, 2)``, ``Mul(a, b) -> BilinearMul(a, b)``,
+``Div(a, b) -> Mul(a, Reciprocal(b))``; see :mod:`perturbkit.graph.lower`)."""
 from __future__ import annotations
 
 import torch
@@ -69,6 +73,16 @@ class Mul(AffineRule):
         a, b = _aligned(node, (a, b))
         return a * b
 
+    def lower(self, node: Node, runtime, emit) -> bool:
+        if not all(runtime):
+            return False
+        a, b = node.inputs
+        if a == b:  # a square: one convex function, far tighter than a product
+            emit.node("Pow", [a, emit.const(torch.tensor(2.0), "two")], output=node.output)
+        else:
+            emit.node("BilinearMul", [a, b], output=node.output)
+        return True
+
     def interval(self, node: Node, a, b) -> Interval:
         i, c = self._const(node, a, b)
         x = (a, b)[i]
@@ -97,6 +111,13 @@ class Div(Mul):
 
     def _scale(self, c: torch.Tensor) -> torch.Tensor:
         return 1.0 / c
+
+    def lower(self, node: Node, runtime, emit) -> bool:
+        if not runtime[1]:
+            return False
+        r = emit.node("Reciprocal", [node.inputs[1]], hint="reciprocal")
+        emit.node("Mul", [node.inputs[0], r], output=node.output)
+        return True
 
     def forward(self, node: Node, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         a, b = _aligned(node, (a, b))

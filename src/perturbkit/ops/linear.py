@@ -3,6 +3,10 @@
 Gemm: ``Y = alpha * A' @ B' + beta * C`` with ``A' = A`` or ``A^T`` (transA) and
 ``B' = B`` or ``B^T`` (transB); A is the perturbed input, B and C constants.
 MatMul: ``X @ W`` or ``W @ X`` with one constant side (numpy matmul semantics).
+
+With two runtime operands (attention scores, a perturbed weight) lowering rewrites them:
+``MatMul -> BilinearMatMul``; a Gemm with a runtime ``B`` or ``C`` becomes Transposes, a
+MatMul, a scaling and an Add (see :mod:`perturbkit.graph.lower`).
 """
 from __future__ import annotations
 
@@ -45,6 +49,28 @@ class Gemm(AffineRule):
 
     def _a(self, node: Node, x: torch.Tensor) -> torch.Tensor:
         return _t(x) if node.attrs.get("transA", 0) else x
+
+    def lower(self, node: Node, runtime, emit) -> bool:
+        if not any(runtime[1:]):
+            return False
+        a, b = node.inputs[0], node.inputs[1]
+        if node.attrs.get("transA", 0):
+            a = emit.node("Transpose", [a], {"perm": [1, 0]}, hint="a_t")
+        if node.attrs.get("transB", 0):
+            b = emit.node("Transpose", [b], {"perm": [1, 0]}, hint="b_t")
+        alpha = float(node.attrs.get("alpha", 1.0))
+        last = len(node.inputs) < 3 or not node.inputs[2]
+        y = emit.node("MatMul", [a, b], **({"output": node.output} if last and alpha == 1.0 else {"hint": "product"}))
+        if alpha != 1.0:
+            y = emit.node("Mul", [y, emit.const(torch.tensor(alpha), "alpha")],
+                          **({"output": node.output} if last else {"hint": "scaled"}))
+        if not last:
+            c = node.inputs[2]
+            beta = float(node.attrs.get("beta", 1.0))
+            if beta != 1.0:
+                c = emit.node("Mul", [c, emit.const(torch.tensor(beta), "beta")], hint="c_scaled")
+            emit.node("Add", [y, c], output=node.output)
+        return True
 
     def forward(self, node: Node, *xs: torch.Tensor) -> torch.Tensor:
         return self.apply(self._a(node, xs[0]), self._weight(node, xs), self._bias(node, xs))
@@ -119,6 +145,12 @@ class MatMul(AffineRule):
 
     def forward(self, node: Node, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self._mm(node, a, b)
+
+    def lower(self, node: Node, runtime, emit) -> bool:
+        if not all(runtime):
+            return False
+        emit.node("BilinearMatMul", list(node.inputs), output=node.output)
+        return True
 
     def interval(self, node: Node, a, b) -> Interval:
         side = self._side(node, (a, b))
