@@ -35,8 +35,12 @@ ATTR_INPUTS: Mapping[str, tuple[str, ...]] = {
     "Pad": ("pads", "constant_value", "axes"),
     "Slice": ("starts", "ends", "axes", "steps"),
     "ReduceSum": ("axes",),
+    "ReduceMax": ("axes",),
+    "ReduceMin": ("axes",),
     "Gather": ("indices",),
 }
+#: perturbkit op types that lowering makes out of ONNX ops: the ONNX op of their one-node model
+ONNX_OP: Mapping[str, str] = {"BilinearMul": "Mul", "BilinearMatMul": "MatMul"}
 #: attribute-inputs that carry the data type of the model (the others are int64).
 FLOAT_ATTR_INPUTS = {("Clip", "min"), ("Clip", "max"), ("Pad", "constant_value")}
 #: ops whose ONNX Runtime CPU kernels exist only for float32: compared at float32 tolerance.
@@ -265,6 +269,10 @@ CASES: list[Case] = [
     _c("constant", "Constant", [], {"value": rnd(2, 3)}),
 ]
 
+from .cases_bounds import BOUND_CASES  # noqa: E402  (built with the helpers above)
+
+CASES += BOUND_CASES
+
 CASE_BY_ID = {c.id: c for c in CASES}
 assert len(CASE_BY_ID) == len(CASES), "duplicate case id"
 
@@ -302,7 +310,7 @@ def onnx_model(case: Case, dtype: np.dtype) -> onnx.ModelProto:
         names.pop()
     if case.op_type == "Constant":
         attrs["value"] = numpy_helper.from_array(_np(attrs["value"], dtype), "value")
-    node = helper.make_node(case.op_type, names, ["y"], **attrs)
+    node = helper.make_node(ONNX_OP.get(case.op_type, case.op_type), names, ["y"], **attrs)
     out = helper.make_tensor_value_info("y", elem, list(case.node().out_shape))
     graph = helper.make_graph([node], case.id, graph_inputs, [out], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)])

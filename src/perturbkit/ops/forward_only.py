@@ -60,8 +60,6 @@ def _variadic(reduce: Callable[[Tensor, Tensor], Tensor]) -> Callable[..., Tenso
 
 
 _FUNCTIONS: dict[str, Callable[..., Tensor]] = {
-    "Softmax": lambda n, x: torch.softmax(x, dim=_axis(n, -1)),
-    "LogSoftmax": lambda n, x: torch.log_softmax(x, dim=_axis(n, -1)),
     "Exp": lambda n, x: torch.exp(x),
     "Log": lambda n, x: torch.log(x),
     "Sqrt": lambda n, x: torch.sqrt(x),
@@ -76,8 +74,6 @@ _FUNCTIONS: dict[str, Callable[..., Tensor]] = {
     "Softsign": lambda n, x: x / (1 + x.abs()),
     "Floor": lambda n, x: torch.floor(x),
     "Ceil": lambda n, x: torch.ceil(x),
-    "Max": _variadic(torch.maximum),
-    "Min": _variadic(torch.minimum),
 }
 
 

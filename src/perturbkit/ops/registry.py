@@ -13,6 +13,7 @@ from perturbkit.graph.ir import Node
 from perturbkit.ops import abs as abs_
 from perturbkit.ops import (arith, batchnorm, clip, conv, convtranspose, indexing, linear, pool, reduce, relu,
                             reshape, shape_ops, sigmoid, softplus)
+from perturbkit.ops import bilinear, layernorm, minmax, softmax
 from perturbkit.ops.base import OpRule
 
 _RULES: dict[str, OpRule] = {
@@ -44,6 +45,15 @@ _RULES: dict[str, OpRule] = {
     "MaxPool": pool.MaxPool(),
     "ReduceSum": reduce.ReduceSum(),
     "ReduceMean": reduce.ReduceMean(),
+    "ReduceMax": reduce.ReduceMax(),
+    "ReduceMin": reduce.ReduceMin(),
+    "BilinearMul": bilinear.BilinearMul(),
+    "BilinearMatMul": bilinear.BilinearMatMul(),
+    "Softmax": softmax.Softmax(),
+    "LogSoftmax": softmax.LogSoftmax(),
+    "LayerNormalization": layernorm.LayerNormalization(),
+    "Max": minmax.Max(),
+    "Min": minmax.Min(),
     "Transpose": shape_ops.Transpose(),
     "Concat": shape_ops.Concat(),
     "Constant": shape_ops.Constant(),
