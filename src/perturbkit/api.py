@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 import torch
 
@@ -11,6 +11,7 @@ from perturbkit.bounds.alpha_crown import alpha_crown
 from perturbkit.bounds.crown import crown
 from perturbkit.bounds.engine import Context, make_context
 from perturbkit.bounds.ibp import ibp, interval_spec
+from perturbkit.bounds.weights import with_weights
 from perturbkit.errors import InputError, ModelError
 from perturbkit.graph.network import Network
 from perturbkit.sets.base import PerturbationSet
@@ -66,7 +67,8 @@ METHODS: dict[str, Callable[[Context, Optional[torch.Tensor]], tuple[torch.Tenso
 
 
 def bounds(network: Network, input_set: PerturbationSet, method: str = "crown", C: Optional[torch.Tensor] = None,
-           *, device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None) -> Bounds:
+           *, weights: Optional[Mapping[str, Union[PerturbationSet, float]]] = None,
+           device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None) -> Bounds:
     """Provable bounds on the outputs (or on ``C @ outputs``) of ``network`` over ``input_set``.
 
     Args:
@@ -76,6 +78,10 @@ def bounds(network: Network, input_set: PerturbationSet, method: str = "crown", 
             :class:`perturbkit.bounds.alpha_crown.AlphaConfig`; use ``alpha_crown`` directly
             for other settings or warm starts).
         C: optional specification ``(B, S, n_outputs)`` (or ``(S, n_outputs)`` for all samples).
+        weights: perturb parameters too, jointly with the input: parameter (``"fc1.weight"``),
+            module (``"fc1"``: its weight) or node name -> a set of the parameter's shape
+            (``Box``, ``LpBall``) or a number ``e`` (the Linf ball of radius ``e`` around the
+            parameter's value); see :mod:`perturbkit.bounds.weights`.
         device, dtype: where and in what precision to compute (default: those of the set).
     Returns:
         :class:`Bounds` with ``lower``/``upper`` of shape ``(B, S)`` (``S = n_outputs`` without C).
@@ -88,6 +94,10 @@ def bounds(network: Network, input_set: PerturbationSet, method: str = "crown", 
         raise InputError(f"input_set must be a perturbkit.sets set (Box, LpBall), got {type(input_set).__name__}")
     if device is not None or dtype is not None:
         input_set = _moved(input_set, device, dtype)
+    if weights:
+        if device is not None or dtype is not None:
+            weights = {k: (_moved(v, device, dtype) if isinstance(v, PerturbationSet) else v) for k, v in weights.items()}
+        network, input_set = with_weights(network, input_set, weights)
     ctx = make_context(network, input_set)
     if C is not None:
         C = torch.as_tensor(C).to(dtype=ctx.dtype, device=ctx.device)

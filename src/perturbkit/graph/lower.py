@@ -72,8 +72,17 @@ class Emitter:
     def node(self, op_type: str, inputs: tuple[str, ...] | list[str], attrs: Optional[Mapping[str, Any]] = None,
              *, hint: str = "", output: Optional[str] = None) -> str:
         """Emit one node; its declared output shape is inferred by its rule.  Returns the
-        output value name (``output`` when given: the last node must produce the original)."""
+        output value name (``output`` when given: the last node must produce the original).
+        A node whose inputs are all constants is folded into a new constant instead."""
         hint = hint or op_type.lower()
+        if output is None and inputs and all(i in self._consts for i in inputs):
+            probe = Node(name=self.orig.name, op_type=op_type, inputs=tuple(inputs), output="",
+                         attrs=frozen_attrs(dict(attrs or {})), in_shapes=tuple(self.shape(i) for i in inputs))
+            rule = rule_for(probe, self._source)
+            args = [self._consts[i] for i in inputs]
+            probe = Node(probe.name, op_type, probe.inputs, "", probe.attrs, probe.in_shapes,
+                         tuple(int(d) for d in rule.infer_shape(probe, *args)))
+            return self.const(rule.forward(probe, *args), hint)
         out = output if output is not None else self._fresh(f"{self.orig.output}/{hint}")
         self._names.add(out)
         name = self.orig.name if output == self.orig.output else self._fresh(f"{self.orig.name}/{hint}")
@@ -81,7 +90,9 @@ class Emitter:
         node = Node(name=name, op_type=op_type, inputs=tuple(inputs), output=out,
                     attrs=frozen_attrs(dict(attrs or {})), in_shapes=in_shapes)
         rule = rule_for(node, self._source)
-        xs = [self._consts[i] if i in self._consts else torch.zeros(s) for i, s in zip(inputs, in_shapes)]
+        floats = [self._consts[i].dtype for i in inputs if i in self._consts and self._consts[i].is_floating_point()]
+        dtype = floats[0] if floats else torch.float32
+        xs = [self._consts[i] if i in self._consts else torch.zeros(s, dtype=dtype) for i, s in zip(inputs, in_shapes)]
         try:
             out_shape = tuple(int(d) for d in rule.infer_shape(node, *xs))
         except Exception as e:  # noqa: BLE001 - a lowering that does not fit its node
