@@ -45,6 +45,23 @@ class BoundsConfig:
     device: str = "cpu"
     dtype: str = "float32"
     json_out: Optional[str] = None
+    #: parameter name -> Linf radius of its perturbation (jointly with the input)
+    weight_eps: tuple[tuple[str, float], ...] = ()
+
+
+def parse_weight_eps(items: list[str]) -> tuple[tuple[str, float], ...]:
+    """``["fc1.weight=0.01", ...]`` -> ``(("fc1.weight", 0.01), ...)``; InputError naming the item."""
+    out = []
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            eps = float(value)
+        except ValueError:
+            eps = math.nan
+        if not sep or not name or math.isnan(eps):
+            raise InputError(f"--weight-eps {item!r}: expected NAME=E with a number E, e.g. fc1.weight=0.01")
+        out.append((name, eps))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -91,6 +108,12 @@ def validate(cfg: BoundsConfig) -> None:
             raise InputError(f"--domain LO HI needs finite LO <= HI, got {lo} {hi}")
     if cfg.label is not None and cfg.label < 0:
         raise InputError(f"--label must be >= 0, got {cfg.label}")
+    for name, e in cfg.weight_eps:
+        if not math.isfinite(e) or e < 0:
+            raise InputError(f"--weight-eps {name}={e:g}: the radius must be a finite number >= 0")
+    names = [n for n, _ in cfg.weight_eps]
+    if len(set(names)) != len(names):
+        raise InputError(f"--weight-eps names a parameter twice: {', '.join(names)}")
     if cfg.json_out is not None:
         folder = Path(cfg.json_out).parent
         if not folder.is_dir():
@@ -128,7 +151,7 @@ def run_bounds(cfg: BoundsConfig) -> BoundsResult:
 
     _sync(device)
     t0 = time.perf_counter()
-    out = perturbkit.bounds(net, ball, method=cfg.method, C=C)
+    out = perturbkit.bounds(net, ball, method=cfg.method, C=C, weights=dict(cfg.weight_eps) or None)
     _sync(device)
     elapsed = time.perf_counter() - t0
 
@@ -149,7 +172,8 @@ def norm_name(norm: str) -> str:
 
 def describe_set(cfg: BoundsConfig) -> str:
     dom = "" if cfg.domain is None else f", domain [{cfg.domain[0]:g}, {cfg.domain[1]:g}]"
-    return f"{norm_name(cfg.norm)} ball eps {cfg.eps:g}{dom}"
+    w = "".join(f", {n} +-{e:g}" for n, e in cfg.weight_eps)
+    return f"{norm_name(cfg.norm)} ball eps {cfg.eps:g}{dom}{w}"
 
 
 def format_table(cfg: BoundsConfig, res: BoundsResult) -> str:
@@ -195,6 +219,8 @@ def to_record(cfg: BoundsConfig, res: BoundsResult) -> dict[str, Any]:
     }
     if cfg.label is not None:
         record["label"] = cfg.label
+    if cfg.weight_eps:
+        record["weight_eps"] = dict(cfg.weight_eps)
     return record
 
 
@@ -224,6 +250,8 @@ def command_line(cfg: BoundsConfig) -> str:
         parts += ["--device", cfg.device]
     if cfg.dtype != "float32":
         parts += ["--dtype", cfg.dtype]
+    for name, e in cfg.weight_eps:
+        parts += ["--weight-eps", f"{name}={e:g}"]
     if cfg.json_out is not None:
         parts += ["--json", cfg.json_out]
     return " ".join(shlex.quote(p) for p in parts)

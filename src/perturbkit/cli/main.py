@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bound the margins y_N - y_j (j != N) instead of the raw outputs")
     b.add_argument("--device", default="cpu", choices=list(DEVICES), help="default: cpu")
     b.add_argument("--dtype", default="float32", choices=list(DTYPES), help="default: float32")
+    b.add_argument("--weight-eps", dest="weight_eps", action="append", default=[], metavar="NAME=E",
+                   help="also perturb parameter NAME (e.g. fc1.weight, or a layer name for its weight) in "
+                        "an Linf ball of radius E around its value, jointly with the input; repeatable")
     b.add_argument("--json", dest="json_out", default=None, metavar="OUT",
                    help="also write the bounds as JSON to OUT (atomically, only on success)")
     b.set_defaults(handler=_bounds)
@@ -241,11 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _bounds(args: argparse.Namespace) -> int:
-    from perturbkit.cli.bounds_cmd import BoundsConfig, command
+    from perturbkit.cli.bounds_cmd import BoundsConfig, command, parse_weight_eps
 
     cfg = BoundsConfig(model=args.model, input=args.input, eps=args.eps, norm=args.norm,
                        domain=tuple(args.domain) if args.domain else None, method=args.method,
-                       label=args.label, device=args.device, dtype=args.dtype, json_out=args.json_out)
+                       label=args.label, device=args.device, dtype=args.dtype, json_out=args.json_out,
+                       weight_eps=parse_weight_eps(args.weight_eps))
     return command(cfg)
 
 
