@@ -32,9 +32,10 @@ def _needs_bounds(ctx: Context) -> dict[str, list]:
         rule = rule_for(node, g.source)
         if rule.kind in ("activation", "selection"):
             need.setdefault(node.inputs[0], []).append(node)
-        elif rule.kind == "bilinear":  # the McCormick planes read both operands' bounds
+        elif rule.kind in ("bilinear", "interval"):  # relaxations read every operand's bounds
             for i in dict.fromkeys(node.inputs):
-                need.setdefault(i, []).append(node)
+                if i not in ctx.consts:
+                    need.setdefault(i, []).append(node)
     return need
 
 
@@ -47,7 +48,7 @@ def _unstable_mask(ctx: Context, consumers: list, itv: Interval) -> torch.Tensor
             m = rule.unstable(node, itv.lo, itv.hi, *consts)
         elif rule.kind == "selection":
             m = rule.unstable(node, itv.lo, itv.hi)
-        else:  # bilinear: every plane depends on the operands' bounds
+        else:  # bilinear, interval: every element's relaxation depends on the bounds
             m = torch.ones_like(itv.lo, dtype=torch.bool)
         mask = m if mask is None else (mask | m)
     return mask
@@ -65,7 +66,8 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> dict[str, torch.Tensor]:
         # prior bounds first: an element they already make stable needs no CROWN pass.  A
         # linear value that needs an exact range and feeds a nonlinearity gets it here, only
         # for the elements that are unstable (the backward pass is exact on it).
-        by_mask = mode == "crown" and node.output in need and (
+        # (an interval-only node's output: its interval is all a linear bound could say)
+        by_mask = mode == "crown" and node.output in need and rule_for(node, ctx.graph.source).kind != "interval" and (
             node.output not in ctx.linear_prefix or node.output in ctx.exact_linear)
         itv = with_prior(ctx, node.output, interval_of(ctx, node, exact=not by_mask))
         if by_mask:

@@ -249,8 +249,10 @@ def _tighten_pairs(ctx: Context, name: str, itv: Interval, pairs: Tensor, widest
     acts = [node for node in g.nodes[:end + 1] if rule_for(node, g.source).kind == "activation"]
     others = [node for node in g.nodes[:end + 1] if rule_for(node, g.source).kind == "selection"]
     products = [node for node in g.nodes[:end + 1] if rule_for(node, g.source).kind == "bilinear"]
+    lookups = [node.output for node in g.nodes[:end + 1] if rule_for(node, g.source).kind == "interval"]
     parts = {node.name: _relaxation_parts(ctx, node) for node in acts}
-    keep = {node.inputs[0] for node in acts + others} | {i for node in products for i in node.inputs}
+    keep = ({node.inputs[0] for node in acts + others} | {i for node in products for i in node.inputs}
+            | set(lookups))
     for start in range(0, pairs.shape[0], chunk):
         b, j = pairs[start:start + chunk, 0], pairs[start:start + chunk, 1]
         P = b.numel()
@@ -422,6 +424,10 @@ def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = No
                 _add(store, node.inputs[0], Ap.mul_(sl).add_(An.mul_(su)))
             else:
                 _add(store, node.inputs[0], Ap * sl + An * su)
+        elif rule.kind == "interval":  # constant lines: the output's own interval
+            itv = ctx.intervals[node.output]
+            Ap = A.clamp(min=0)
+            bias = bias + _dot(Ap, itv.lo, B, S) + _dot(A - Ap, itv.hi, B, S)
         elif rule.kind == "bilinear":
             t = alphas.get(node.name) if alphas is not None else None
             xa, xb = ctx.intervals[node.inputs[0]], ctx.intervals[node.inputs[1]]

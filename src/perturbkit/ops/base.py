@@ -16,6 +16,9 @@ Every operator has one rule object in :mod:`perturbkit.ops.registry`.  A rule is
   (elementwise Mul, MatMul).  The rule gives ``forward``, ``interval`` and the transposes
   of the product with one side held fixed; the engine builds the McCormick planes from
   them (:mod:`perturbkit.bounds.bilinear`).
+* :class:`IntervalRule`: an operator bounded by its interval alone (the constant lines
+  ``lo <= f <= hi``; nothing is propagated to its inputs), e.g. a table lookup by perturbed
+  indices (embeddings).
 * :class:`CompositeRule`: an operator bounded through its decomposition into the operators
   above (Softmax, LayerNormalization, ...).  It gives ``forward`` (executed as one torch
   call) and ``lower``; :mod:`perturbkit.graph.lower` replaces it by its decomposition when
@@ -202,6 +205,14 @@ class BilinearRule(OpRule):
     # McCormick plane against the second one (1: the planes of Shi et al. 2020)
     def alpha_range(self, node: Node) -> Optional[tuple[float, float]]:
         return (0.0, 1.0)
+
+
+class IntervalRule(OpRule):
+    """An operator bounded by its interval alone: CROWN relaxes it by the constant lines
+    ``lo <= f(x) <= hi`` of its output interval, which depends on the inputs' intervals
+    (so those get CROWN bounds first); no coefficient reaches the inputs."""
+
+    kind = "interval"
 
 
 class CompositeRule(OpRule):

@@ -113,7 +113,23 @@ class Gather(AffineRule):
             raise UnsupportedOperatorError(f"Gather index out of range for axis of size {d} at {node.where()}")
         return axis, tuple(ind.shape), flat
 
+    def lower(self, node: Node, runtime, emit) -> bool:
+        """Gather of a constant table by runtime indices (embeddings) -> TableLookup."""
+        if len(node.inputs) < 2 or not runtime[1]:
+            return False
+        if runtime[0]:
+            raise UnsupportedOperatorError(
+                f"Gather of a perturbed tensor by perturbed indices is not supported at {node.where()}")
+        emit.node("TableLookup", [node.inputs[1], node.inputs[0]], {"axis": int(node.attrs.get("axis", 0))},
+                  output=node.output)
+        return True
+
     def forward(self, node: Node, x: Tensor, *rest) -> Tensor:
+        if "indices" not in node.attrs:  # a table gathered by runtime indices (before lowering)
+            from perturbkit.ops.embedding import lookup
+
+            axis = norm_axis(int(node.attrs.get("axis", 0)), len(node.in_shapes[0]), node)
+            return lookup(node, rest[0], x, node.in_shapes[1], axis)
         axis, ishape, flat = self._geom(node)
         k = n_lead(x, node.in_shapes[0])
         y = x.index_select(k + axis, flat.to(x.device))

@@ -13,7 +13,7 @@ from perturbkit.graph.ir import Node
 from perturbkit.ops import abs as abs_
 from perturbkit.ops import (arith, batchnorm, clip, conv, convtranspose, indexing, linear, pool, reduce, relu,
                             reshape, shape_ops, sigmoid, softplus)
-from perturbkit.ops import bilinear, layernorm, minmax, softmax
+from perturbkit.ops import bilinear, embedding, layernorm, minmax, softmax
 from perturbkit.ops.base import OpRule
 
 _RULES: dict[str, OpRule] = {
@@ -53,6 +53,7 @@ _RULES: dict[str, OpRule] = {
     "LogSoftmax": softmax.LogSoftmax(),
     "LayerNormalization": layernorm.LayerNormalization(),
     "Max": minmax.Max(),
+    "TableLookup": embedding.TableLookup(),
     "Min": minmax.Min(),
     "Transpose": shape_ops.Transpose(),
     "Concat": shape_ops.Concat(),
