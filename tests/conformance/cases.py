@@ -38,13 +38,16 @@ ATTR_INPUTS: Mapping[str, tuple[str, ...]] = {
     "ReduceMax": ("axes",),
     "ReduceMin": ("axes",),
     "Gather": ("indices",),
+    "Expand": ("shape",),
+    "Tile": ("repeats",),
 }
 #: perturbkit op types that lowering makes out of ONNX ops: the ONNX op of their one-node model
 ONNX_OP: Mapping[str, str] = {"BilinearMul": "Mul", "BilinearMatMul": "MatMul"}
 #: attribute-inputs that carry the data type of the model (the others are int64).
 FLOAT_ATTR_INPUTS = {("Clip", "min"), ("Clip", "max"), ("Pad", "constant_value")}
 #: ops whose ONNX Runtime CPU kernels exist only for float32: compared at float32 tolerance.
-ORT_FLOAT32_ONLY = {"Conv", "ConvTranspose", "Softplus", "AveragePool", "GlobalAveragePool"}
+ORT_FLOAT32_ONLY = {"Conv", "ConvTranspose", "Softplus", "AveragePool", "GlobalAveragePool",
+                    "Erf", "Gelu", "Elu", "Selu", "HardSigmoid", "HardSwish", "Softsign"}
 
 _gen = torch.Generator().manual_seed(20240601)
 
@@ -65,6 +68,10 @@ class Case:
     consts: Mapping[int, torch.Tensor] = field(default_factory=dict)
     scale: float = 2.0
     opset: int = OPSET
+    #: input 0's domain, for partial functions: "real", "nonnegative", "positive" or "nonzero".
+    #: Box centres come from [0, scale] for the half-lines; rules are checked at points inside
+    #: the domain where |f| is finite in the working precision (test_rules.in_domain)
+    domain: str = "real"
 
     @property
     def rule(self):
@@ -272,6 +279,12 @@ CASES: list[Case] = [
 from .cases_bounds import BOUND_CASES  # noqa: E402  (built with the helpers above)
 
 CASES += BOUND_CASES
+from .cases_shape import SHAPE_CASES  # noqa: E402
+
+CASES += SHAPE_CASES
+from .cases_elementwise import ELEMENTWISE_CASES  # noqa: E402
+
+CASES += ELEMENTWISE_CASES
 
 CASE_BY_ID = {c.id: c for c in CASES}
 assert len(CASE_BY_ID) == len(CASES), "duplicate case id"
@@ -294,7 +307,8 @@ def onnx_model(case: Case, dtype: np.dtype) -> onnx.ModelProto:
         name = f"in{i}"
         names.append(name)
         if i in case.consts:
-            inits.append(numpy_helper.from_array(_np(case.consts[i], dtype), name))
+            c = case.consts[i]  # boolean constants (Where's condition) stay boolean
+            inits.append(numpy_helper.from_array(_np(c, np.bool_ if c.dtype == torch.bool else dtype), name))
         else:
             graph_inputs.append(helper.make_tensor_value_info(name, elem, list(s)))
     attrs = dict(case.attrs)

@@ -70,17 +70,24 @@ def _gen(case: Case, salt: str) -> torch.Generator:
 
 
 def _boxes(case: Case, net: Network, width: float, g: torch.Generator, B: int = 3):
+    """Random boxes of the flat input; input 0's block stays inside the case's domain (the
+    network's value is NaN or infinite outside it)."""
     n = net.n_inputs
-    domain = getattr(case, "domain", None)
-    if domain is not None:
-        a, b = domain
-        c = a + (b - a) * torch.rand(B, n, generator=g, dtype=F64)
-        r = width * torch.rand(B, n, generator=g, dtype=F64)
-        lo, hi = (c - r).clamp(min=a), (c + r).clamp(max=b)
-    else:
-        c = (2 * torch.rand(B, n, generator=g, dtype=F64) - 1) * case.scale
-        r = width * torch.rand(B, n, generator=g, dtype=F64)
-        lo, hi = c - r, c + r
+    c = (2 * torch.rand(B, n, generator=g, dtype=F64) - 1) * case.scale
+    r = width * torch.rand(B, n, generator=g, dtype=F64)
+    lo, hi = c - r, c + r
+    if case.domain != "real" and 0 in case.perturbed:
+        k = math.prod(case.in_shapes[0])
+        m, rr = c[:, :k].abs(), r[:, :k]
+        if case.domain == "nonzero":  # a box on one side of 0
+            m = m.clamp(min=0.2 * case.scale)
+            rr = torch.minimum(rr, 0.9 * m)
+            sign = torch.where(c[:, :k] < 0, -1.0, 1.0).to(F64)
+            lo[:, :k], hi[:, :k] = torch.minimum(sign * (m - rr), sign * (m + rr)), torch.maximum(sign * (m - rr), sign * (m + rr))
+        else:
+            floor = 0.0 if case.domain == "nonnegative" else 1e-3 * case.scale
+            lo[:, :k] = (m - rr).clamp(min=floor)
+            hi[:, :k] = (m + rr).clamp(min=floor)
     return lo, hi
 
 

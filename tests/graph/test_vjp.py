@@ -77,6 +77,8 @@ def test_pullback_matches_autograd_on_every_case(case):
     g = torch.Generator().manual_seed(hash(case.id) % (2 ** 31))
     shape = net.graph.input_shape
     x = (torch.rand(B, *shape, generator=g, dtype=F64) * 2 - 1) * case.scale
+    if case.domain != "real":  # a partial function (Log, Sqrt, Pow, ...): stay inside its domain
+        x = x.abs() + 0.1 * case.scale
     y, tape = prog.forward(x)
     ref = execute(net, x)[net.graph.output_name]
     assert torch.equal(y, ref)

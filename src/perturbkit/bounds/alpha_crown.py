@@ -190,10 +190,12 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
                     itv = ref[name]
                     lo = itv.lo.reshape(B, -1).clone()
                     hi = itv.hi.reshape(B, -1).clone()
-                    # not intersected with the CROWN bounds: that would cut the gradient
-                    # wherever CROWN is tighter (and measurably weakens the optimum)
-                    lo[:, idx] = r_lo
-                    hi[:, idx] = r_hi
+                    # intersected with the CROWN bounds in value (relaxations of partial
+                    # functions such as x^-0.5 need bounds inside their domain, and tighter
+                    # is never worse), but the gradient passes as if not intersected: cutting
+                    # it wherever CROWN is tighter measurably weakens the optimum
+                    lo[:, idx] = r_lo + (torch.maximum(r_lo, lo[:, idx]) - r_lo).detach()
+                    hi[:, idx] = r_hi + (torch.minimum(r_hi, hi[:, idx]) - r_hi).detach()
                     ctx.intervals[name] = Interval(lo.reshape(itv.lo.shape), hi.reshape(itv.hi.shape))
                 r = backward(ctx, g.output_name, A_out, alphas=alphas[g.output_name])
                 if opt is None:

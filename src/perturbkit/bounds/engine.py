@@ -139,7 +139,7 @@ def _exact_linear_values(net: Network, is_box: bool) -> tuple[set[str], set[str]
             continue
         linear.add(n.output)
         if len(runtime) == 1 and runtime[0] in kept:
-            if getattr(rule, "coordinatewise", False):
+            if rule.is_coordinatewise(n, n.inputs.index(runtime[0])):
                 kept.add(n.output)
                 continue
             if is_box:

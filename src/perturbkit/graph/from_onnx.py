@@ -7,13 +7,19 @@ What it does, in order:
    Gather's indices) are moved into ``attrs``;
 3. folds every node whose inputs are all constant (Shape of a runtime value is constant:
    shapes are static), so subgraphs such as Shape -> Gather -> Unsqueeze -> Concat vanish;
-4. infers each remaining node's declared output shape with its rule;
-5. drops nodes the output does not depend on.
+   the exporters' shape arithmetic (Mod, Range, Equal, Where, ConstantOfShape, Cast, ...)
+   follows ONNX semantics exactly (:mod:`perturbkit.graph.onnx_fold`);
+4. lowers multi-output nodes on runtime values (the IR has one output per node): Split
+   becomes one Slice per output, LSTM/GRU/RNN are unrolled (:mod:`perturbkit.graph.rnn`);
+5. infers each remaining node's declared output shape with its rule;
+6. drops nodes the output does not depend on.
+
+Anything without a rule is refused with one line naming the op, the node and the file.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import numpy as np
 import onnx
@@ -22,8 +28,11 @@ from onnx import numpy_helper
 
 from perturbkit.errors import ModelError, UnsupportedOperatorError
 from perturbkit.graph.ir import Graph, Node, frozen_attrs
+from perturbkit.graph.onnx_fold import FOLD, split_sizes
+from perturbkit.graph.rnn_onnx import RECURRENT_OPS, expand_onnx
 from perturbkit.ops.forward_only import FORWARD_ONLY
 from perturbkit.ops.registry import RULES, rule_for, supported
+from perturbkit.ops.reshape import ReshapeLike
 
 # input index -> attribute name, for inputs that only configure an operator
 _ABSORB: dict[str, dict[int, str]] = {
@@ -39,14 +48,14 @@ _ABSORB: dict[str, dict[int, str]] = {
     "ReduceMin": {1: "axes"},
     "Gather": {1: "indices"},
     "Dropout": {1: "ratio", 2: "training_mode"},
+    "Expand": {1: "shape"},
+    "Tile": {1: "repeats"},
+    "Split": {1: "split"},
 }
+#: configuration inputs that may also be runtime values (then they stay inputs)
+_RUNTIME_CONFIG = {("Gather", 1)}
 _SCALAR_ATTRS = {"min", "max", "constant_value", "ratio", "training_mode"}
 _TENSOR_ATTRS = {"indices"}
-
-_ONNX_DTYPES = {
-    1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32,
-    7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64,
-}
 
 
 def _to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -73,40 +82,6 @@ def _absorbed(name: str, t: torch.Tensor) -> Any:
     if name in _SCALAR_ATTRS:
         return t.reshape(-1)[0].item() if t.numel() else None
     return [int(v) for v in t.reshape(-1).tolist()]
-
-
-# -- fold-only operators (they appear in constant subgraphs, never on the perturbed path) --
-def _fold_cast(node: Node, x: torch.Tensor) -> torch.Tensor:
-    to = int(node.attrs["to"])
-    if to not in _ONNX_DTYPES:
-        raise UnsupportedOperatorError(f"Cast to ONNX type {to} is not supported at {node.where()}")
-    return x.to(_ONNX_DTYPES[to])
-
-
-def _fold_constant_of_shape(node: Node, shape: torch.Tensor) -> torch.Tensor:
-    value = node.attrs.get("value")
-    value = torch.zeros(1) if value is None else value
-    return value.reshape(-1)[0].expand(*[int(s) for s in shape.tolist()]).clone()
-
-
-_FOLD_ONLY: dict[str, Callable[..., torch.Tensor]] = {
-    "Cast": _fold_cast,
-    "ConstantOfShape": _fold_constant_of_shape,
-    "Range": lambda n, s, e, d: torch.arange(s.item(), e.item(), d.item(), dtype=s.dtype),
-    "Size": lambda n, x: torch.tensor(x.numel(), dtype=torch.int64),
-    "Expand": lambda n, x, s: x * torch.ones([int(v) for v in s.tolist()], dtype=x.dtype),
-    "Equal": lambda n, a, b: a == b,
-    "Where": lambda n, c, a, b: torch.where(c.bool(), a, b),
-    "Floor": lambda n, x: torch.floor(x),
-    "Ceil": lambda n, x: torch.ceil(x),
-    "Sqrt": lambda n, x: torch.sqrt(x),
-    "Exp": lambda n, x: torch.exp(x),
-    "Log": lambda n, x: torch.log(x),
-    "Pow": lambda n, a, b: torch.pow(a, b),
-    "Reciprocal": lambda n, x: 1.0 / x,
-    "Min": lambda n, *xs: torch.stack(torch.broadcast_tensors(*xs)).min(0).values,
-    "Max": lambda n, *xs: torch.stack(torch.broadcast_tensors(*xs)).max(0).values,
-}
 
 
 def _read(model_or_path: Union[str, os.PathLike, onnx.ModelProto]) -> tuple[onnx.ModelProto, str]:
@@ -138,7 +113,7 @@ def graph_from_onnx(model_or_path: Union[str, os.PathLike, onnx.ModelProto], *, 
     """Import an ONNX model into the IR (see module docstring).
 
     ``forward_only``: also admit operators on runtime values that perturbkit can execute but
-    not bound (:mod:`perturbkit.ops.forward_only`, e.g. Softmax): enough for attacks."""
+    not bound (:mod:`perturbkit.ops.forward_only`): enough for attacks."""
     model, source = _read(model_or_path)
     g = model.graph
     consts: dict[str, torch.Tensor] = {}
@@ -168,15 +143,19 @@ def graph_from_onnx(model_or_path: Union[str, os.PathLike, onnx.ModelProto], *, 
         attrs: dict[str, Any] = {a.name: _attr_value(a) for a in proto.attribute}
         if op == "Pad" and "value" in attrs:
             attrs["constant_value"] = attrs.pop("value")
+        if op in RECURRENT_OPS:  # LSTM, GRU, RNN: unrolled (graph/rnn_onnx.py)
+            nodes += expand_onnx(op, name, list(proto.input), list(proto.output), attrs, shapes, consts,
+                                 used_names, source)
+            continue
         out = proto.output[0]
-        for extra_out in proto.output[1:]:
-            if extra_out:  # secondary outputs (Dropout mask, ...) must stay unused
-                extra[extra_out] = name
         absorb = _ABSORB.get(op, {})
         ins: list[str] = []
         for i, inp in enumerate(proto.input):
             if i in absorb:
                 if inp == "":
+                    continue
+                if inp not in consts and (op, i) in _RUNTIME_CONFIG:
+                    ins.append(inp)  # e.g. an embedding: Gather(table, ids) with runtime ids
                     continue
                 if inp not in consts:
                     raise UnsupportedOperatorError(
@@ -191,15 +170,22 @@ def graph_from_onnx(model_or_path: Union[str, os.PathLike, onnx.ModelProto], *, 
                 raise UnsupportedOperatorError(f"an omitted optional input in the middle at node '{name}' ({op}) in {source}")
             if inp not in consts and inp not in shapes:
                 raise ModelError(f"node '{name}' ({op}) in {source} reads '{inp}', which no earlier node produces")
+        if op == "Split":  # several outputs: one Slice (or folded constant) per output
+            node = Node(name=name, op_type=op, inputs=tuple(ins), output=out, attrs=frozen_attrs(attrs))
+            nodes += _split(node, list(proto.output), shapes, consts, used_names, source)
+            continue
+        for extra_out in proto.output[1:]:
+            if extra_out:  # secondary outputs (Dropout mask, ...) must stay unused
+                extra[extra_out] = name
 
         # constant folding
         if op == "Constant":
             consts[out] = _constant_value(attrs, name, source)
             continue
-        if op == "Shape":
+        if op in ("Shape", "Size"):  # declared shapes are static
             s = torch.tensor(list(consts[ins[0]].shape) if ins[0] in consts else list(shapes[ins[0]]), dtype=torch.int64)
             start, end = attrs.get("start", 0), attrs.get("end", None)
-            consts[out] = s[start:end]
+            consts[out] = s[start:end] if op == "Shape" else s.prod()
             continue
         in_shapes = tuple(tuple(consts[i].shape) if i in consts else shapes[i] for i in ins)
         node = Node(name=name, op_type=op, inputs=tuple(ins), output=out, attrs=frozen_attrs(attrs),
@@ -207,30 +193,25 @@ def graph_from_onnx(model_or_path: Union[str, os.PathLike, onnx.ModelProto], *, 
         if all(i in consts for i in ins):
             args = [consts[i] for i in ins]
             try:
-                if op in _FOLD_ONLY:
-                    consts[out] = _FOLD_ONLY[op](node, *args)
+                if op in FOLD:
+                    consts[out] = FOLD[op](node, *args)
                 else:
                     rule = rule_for(node, source)
                     node = _with_shape(node, rule, args)
-                    consts[out] = rule.forward(node, *args)
-            except (ModelError,):
-                raise
+                    # reshapes of constants: the tensor in its inferred shape (rank 0 included)
+                    consts[out] = (args[0].reshape(node.out_shape) if isinstance(rule, ReshapeLike)
+                                   else rule.forward(node, *args))
+            except ModelError as e:
+                raise _located(e, source) from None
             except Exception as e:  # noqa: BLE001
                 raise ModelError(f"cannot fold constant {node.where(source)}: {type(e).__name__}: {e}") from None
             continue
-        executable = forward_only and op in FORWARD_ONLY
-        if op in _FOLD_ONLY and not executable:
-            raise UnsupportedOperatorError(
-                f"no rule for '{op}' on a perturbed value at {node.where(source)}; it is only supported on constants")
-        if op not in RULES and not executable:
-            raise UnsupportedOperatorError(
-                f"no rule for '{op}' at {node.where(source)}; supported: {', '.join(supported())}")
-        rule = rule_for(node, source)
+        rule = _runtime_rule(node, forward_only, source)
         dummy = [consts[i] if i in consts else torch.zeros(shapes[i]) for i in ins]
         try:
             node = _with_shape(node, rule, dummy)
-        except (ModelError,):
-            raise
+        except ModelError as e:
+            raise _located(e, source) from None
         except Exception as e:  # noqa: BLE001
             raise ModelError(f"shape inference failed at {node.where(source)}: {type(e).__name__}: {e}") from None
         shapes[out] = node.out_shape
@@ -251,6 +232,68 @@ def graph_from_onnx(model_or_path: Union[str, os.PathLike, onnx.ModelProto], *, 
     live_consts = {i for n in nodes for i in n.inputs if i in consts}
     return Graph(nodes=tuple(nodes), input_name=in_name, output_name=out_name,
                  shapes=dict(shapes), constants={k: consts[k] for k in live_consts}, source=source)
+
+
+def _runtime_rule(node: Node, forward_only: bool, source: str):
+    """The rule for a node with a runtime input, or the one-line refusal saying why not."""
+    if node.op_type in RULES or (forward_only and node.op_type in FORWARD_ONLY):
+        return rule_for(node, source)
+    if node.op_type in FORWARD_ONLY:
+        raise UnsupportedOperatorError(
+            f"no bound rule for '{node.op_type}' at {node.where(source)}; perturbkit can only execute it "
+            f"(load(..., forward_only=True), for attacks); supported: {', '.join(supported())}")
+    if node.op_type in FOLD:
+        raise UnsupportedOperatorError(
+            f"no rule for '{node.op_type}' on a perturbed value at {node.where(source)}; it is only supported on "
+            f"constants; supported on perturbed values: {', '.join(supported())}")
+    raise UnsupportedOperatorError(
+        f"no rule for '{node.op_type}' at {node.where(source)}; supported: {', '.join(supported())}")
+
+
+def _located(e: ModelError, source: str) -> ModelError:
+    """``e`` with the model file appended when its message does not name it yet."""
+    msg = str(e)
+    return e if not source or source in msg else type(e)(f"{msg} in {source}")
+
+
+def _split(node: Node, outputs: list[str], shapes: dict[str, tuple[int, ...]], consts: dict[str, torch.Tensor],
+           used_names: set[str], source: str) -> list[Node]:
+    """ONNX Split as one Slice per output along ``axis`` (sizes: :func:`onnx_fold.split_sizes`).
+
+    A constant input is split into constants; a runtime one gives the Slice nodes, named
+    ``<split node>/<k>``.  Omitted (empty) outputs are skipped."""
+    x = node.inputs[0]
+    shape = tuple(consts[x].shape) if x in consts else shapes[x]
+    r = len(shape)
+    axis = int(node.attrs.get("axis", 0))
+    axis = axis + r if axis < 0 else axis
+    if not 0 <= axis < r:
+        raise ModelError(f"Split axis {node.attrs.get('axis', 0)} out of range for rank {r} at {node.where(source)}")
+    try:
+        sizes = split_sizes(node, shape[axis], len(outputs))
+    except ModelError as e:
+        raise _located(e, source) from None
+    slice_rule = RULES["Slice"]
+    made: list[Node] = []
+    start = 0
+    for k, (value, size) in enumerate(zip(outputs, sizes)):
+        attrs = {"starts": [start], "ends": [start + size], "axes": [axis]}
+        start += size
+        if not value:
+            continue
+        name = f"{node.name}/{k}"
+        while name in used_names:
+            name += "_"
+        used_names.add(name)
+        part = Node(name=name, op_type="Slice", inputs=(x,), output=value, attrs=frozen_attrs(attrs),
+                    in_shapes=(shape,))
+        part = _with_shape(part, slice_rule, [consts.get(x, torch.zeros(shape))])
+        if x in consts:
+            consts[value] = slice_rule.forward(part, consts[x])
+        else:
+            shapes[value] = part.out_shape
+            made.append(part)
+    return made
 
 
 def _with_shape(node: Node, rule, args) -> Node:

@@ -35,6 +35,7 @@ Calling conventions (see :mod:`perturbkit.graph.ir` for shapes): rule methods re
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Optional, Sequence
 
@@ -123,6 +124,15 @@ class AffineRule(OpRule):
     #: output coordinates are affine functions of single input coordinates (reshapes,
     #: elementwise scaling/shifts): intervals stay exact through it
     coordinatewise: ClassVar[bool] = False
+
+    def is_coordinatewise(self, node: Node, runtime: int) -> bool:
+        """Whether ``node``, with input ``runtime`` its only runtime value, maps each input
+        coordinate to at most one output (as a scaled and shifted copy).  Then interval
+        arithmetic stays exact through it and through one mixing map after it.  A map that
+        copies a coordinate to several outputs (broadcasting, repeated gathers) is not: the
+        copies' intervals forget they are equal.  Default: ``coordinatewise`` and no more
+        outputs than inputs (rules that add constant outputs, e.g. Pad, override it)."""
+        return self.coordinatewise and math.prod(node.out_shape) <= math.prod(node.in_shapes[runtime])
 
     def backward(self, node: Node, A: Tensor, *xs: Optional[Tensor]) -> list[Optional[Tensor]]:
         """Transpose of the linear part.

@@ -96,7 +96,7 @@ class Conv(AffineRule):
             y = _CONV[nd](x, W, b, stride=strides, padding=pads[:nd], dilation=dil, groups=group)
         else:
             y = _CONV[nd](F.pad(x, _torch_pad(pads)), W, b, stride=strides, dilation=dil, groups=group)
-        return y.reshape(*lead, *in_shape[:-nd - 1], *y.shape[1:])
+        return y.reshape((*lead, *in_shape[:-nd - 1], *y.shape[1:]))
 
     def forward(self, node: Node, x: torch.Tensor, W: torch.Tensor, b=None) -> torch.Tensor:
         return self._conv(node, x, W, b)
@@ -138,7 +138,7 @@ class Conv(AffineRule):
             crop = (slice(None), slice(None)) + tuple(
                 slice(pads[i], pads[i] + in_shape[-nd + i]) for i in range(nd))
             Ax = Ax[crop]
-        out = [Ax.reshape(*lead, *in_shape), None]
+        out = [Ax.reshape((*lead, *in_shape)), None]
         if b is not None:
             out.append(None)
         return out

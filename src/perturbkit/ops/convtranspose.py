@@ -87,7 +87,7 @@ class ConvTranspose(AffineRule):
         y = F.pad(y, torch_pad_order([-p for p in pb], [opad[i] - pe[i] for i in range(nd)]))
         if b is not None:
             y = y + b.reshape(-1, *([1] * nd))
-        return y.reshape(*lead, *in_shape[:-nd - 1], *y.shape[1:])
+        return y.reshape((*lead, *in_shape[:-nd - 1], *y.shape[1:]))
 
     def forward(self, node: Node, x: Tensor, W: Tensor, b=None) -> Tensor:
         return self._apply(node, x, W, b)
@@ -106,7 +106,7 @@ class ConvTranspose(AffineRule):
         A2 = A.reshape(-1, *out_shape[-nd - 1:])
         A2 = F.pad(A2, torch_pad_order(pb, [pe[i] - opad[i] for i in range(nd)]))
         Ax = _CONV[nd](A2, W, None, stride=strides, padding=0, dilation=dil, groups=group)
-        out = [Ax.reshape(*lead, *node.in_shapes[0]), None]
+        out = [Ax.reshape((*lead, *node.in_shapes[0])), None]
         if b is not None:
             out.append(None)
         return out

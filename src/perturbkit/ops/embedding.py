@@ -45,7 +45,7 @@ def lookup(node: Node, idx: Tensor, table: Tensor, ishape: tuple[int, ...], axis
     if bool(((i < 0) | (i >= V)).any()):
         raise UnsupportedOperatorError(f"index out of range for a table axis of size {V} at {node.where()}")
     y = table.index_select(axis, i.to(table.device))
-    y = y.reshape(*table.shape[:axis], *lead, *ishape, *table.shape[axis + 1:])
+    y = y.reshape((*table.shape[:axis], *lead, *ishape, *table.shape[axis + 1:]))
     return y.movedim(tuple(range(axis, axis + k)), tuple(range(k))) if k and axis else y
 
 
@@ -108,4 +108,4 @@ class TableLookup(IntervalRule):
         # (*T0, *T1, *lead, *I) -> (*lead, *T0, *I, *T1)
         perm = (list(range(n0 + n1, n0 + n1 + k)) + list(range(n0)) + list(range(n0 + n1 + k, n0 + n1 + nl))
                 + list(range(n0, n0 + n1)))
-        return Interval(lo.reshape(*t0, *t1, *out_lead).permute(perm), hi.reshape(*t0, *t1, *out_lead).permute(perm))
+        return Interval(lo.reshape((*t0, *t1, *out_lead)).permute(perm), hi.reshape((*t0, *t1, *out_lead)).permute(perm))

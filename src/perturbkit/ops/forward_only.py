@@ -19,7 +19,6 @@ from types import MappingProxyType
 from typing import Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 
 from perturbkit.errors import UnsupportedOperatorError
 from perturbkit.graph.ir import Node
@@ -35,21 +34,6 @@ def _axis(node: Node, default: int) -> int:
     return a - rank if a >= 0 else a
 
 
-def _elu(node: Node, x: Tensor) -> Tensor:
-    return F.elu(x, alpha=float(node.attrs.get("alpha", 1.0)))
-
-
-def _selu(node: Node, x: Tensor) -> Tensor:
-    alpha = float(node.attrs.get("alpha", 1.67326319217681884765625))
-    gamma = float(node.attrs.get("gamma", 1.05070102214813232421875))
-    return gamma * torch.where(x > 0, x, alpha * (torch.exp(x) - 1))
-
-
-def _hard_sigmoid(node: Node, x: Tensor) -> Tensor:
-    a, b = float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))
-    return (a * x + b).clamp(0.0, 1.0)
-
-
 def _variadic(reduce: Callable[[Tensor, Tensor], Tensor]) -> Callable[..., Tensor]:
     def run(node: Node, *xs: Tensor) -> Tensor:
         out = xs[0]
@@ -60,18 +44,6 @@ def _variadic(reduce: Callable[[Tensor, Tensor], Tensor]) -> Callable[..., Tenso
 
 
 _FUNCTIONS: dict[str, Callable[..., Tensor]] = {
-    "Exp": lambda n, x: torch.exp(x),
-    "Log": lambda n, x: torch.log(x),
-    "Sqrt": lambda n, x: torch.sqrt(x),
-    "Pow": lambda n, a, b: torch.pow(a, b),
-    "Reciprocal": lambda n, x: 1.0 / x,
-    "Erf": lambda n, x: torch.erf(x),
-    "Sin": lambda n, x: torch.sin(x),
-    "Cos": lambda n, x: torch.cos(x),
-    "Elu": _elu,
-    "Selu": _selu,
-    "HardSigmoid": _hard_sigmoid,
-    "Softsign": lambda n, x: x / (1 + x.abs()),
     "Floor": lambda n, x: torch.floor(x),
     "Ceil": lambda n, x: torch.ceil(x),
 }

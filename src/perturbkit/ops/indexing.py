@@ -50,7 +50,7 @@ class _Selection(AffineRule):
     def backward(self, node: Node, A: Tensor, x, *rest):
         k = n_lead(A, node.out_shape)
         before = _select_shape(node.in_shapes[0], self.plan(node))
-        A = A.reshape(*A.shape[:k], *before)
+        A = A.reshape((*A.shape[:k], *before))
         return [_select_t(A, k, self.plan(node), node.in_shapes[0])] + [None] * len(rest)
 
 
@@ -101,6 +101,13 @@ class Gather(AffineRule):
     op_type = "Gather"
     coordinatewise = True
 
+    def is_coordinatewise(self, node: Node, runtime: int) -> bool:
+        """Distinct indices copy each coordinate at most once; repeated ones copy it twice."""
+        if runtime != 0 or "indices" not in node.attrs:
+            return False
+        flat = self._geom(node)[2]
+        return flat.unique().numel() == flat.numel()
+
     def _geom(self, node: Node):
         shape = node.in_shapes[0]
         axis = norm_axis(int(node.attrs.get("axis", 0)), len(shape), node)
@@ -142,7 +149,7 @@ class Gather(AffineRule):
         axis, ishape, flat = self._geom(node)
         in_shape = node.in_shapes[0]
         k = n_lead(A, node.out_shape)
-        A = A.reshape(*A.shape[:k], *in_shape[:axis], flat.numel(), *in_shape[axis + 1:])
+        A = A.reshape((*A.shape[:k], *in_shape[:axis], flat.numel(), *in_shape[axis + 1:]))
         out = A.new_zeros(*A.shape[:k], *in_shape)
         return [out.index_add_(k + axis, flat.to(A.device), A)] + [None] * len(rest)
 
@@ -153,6 +160,10 @@ class Pad(AffineRule):
 
     op_type = "Pad"
     coordinatewise = True
+
+    def is_coordinatewise(self, node: Node, runtime: int) -> bool:
+        """Constant padding adds constants and crops: no copies; the other modes copy."""
+        return runtime == 0 and self._mode(node) == "constant"
 
     def _pads(self, node: Node) -> tuple[list[int], list[int]]:
         r = len(node.in_shapes[0])

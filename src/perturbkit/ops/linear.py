@@ -26,7 +26,7 @@ def _matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``x @ y``; with a matrix ``y`` the leading dims of ``x`` are folded into one matrix
     product (torch would otherwise broadcast ``y`` into a batched product per row)."""
     if y.dim() == 2 and x.dim() > 2:
-        return (x.reshape(-1, x.shape[-1]) @ y).reshape(*x.shape[:-1], y.shape[-1])
+        return (x.reshape(-1, x.shape[-1]) @ y).reshape((*x.shape[:-1], y.shape[-1]))
     if x.dim() == 2 and y.dim() > 2:
         return _t(_matmul(_t(y), _t(x)))
     return x @ y
@@ -82,7 +82,7 @@ class Gemm(AffineRule):
         if b is not None and b.dim() <= 1 and W.dim() == 2 and a.dim() >= 2:
             # one fused call (the common case: a vector bias); leading dims folded into rows
             y = torch.addmm(b, a.reshape(-1, a.shape[-1]), W)
-            return y.reshape(*a.shape[:-1], W.shape[-1])
+            return y.reshape((*a.shape[:-1], W.shape[-1]))
         y = _matmul(a, W)
         return y if b is None else y + b
 

@@ -98,7 +98,7 @@ class _Pool:
         in_shape = node.in_shapes[0]
         in_sp, out_sp, idx, padded = self.geometry(node)
         k = n_lead(x, in_shape)
-        rows = x.reshape(*x.shape[:k + 2], math.prod(in_sp))
+        rows = x.reshape((*x.shape[:k + 2], math.prod(in_sp)))
         ext = torch.cat([rows, torch.full_like(rows[..., :1], fill)], dim=-1)
         idx = idx.to(x.device)
         g = ext[..., torch.where(idx >= 0, idx, torch.full_like(idx, rows.shape[-1]))]
@@ -116,7 +116,7 @@ class AveragePool(_Pool, AffineRule):
     def forward(self, node: Node, x: Tensor) -> Tensor:
         g, (k, in_sp, out_sp, idx, padded) = self.gather(node, x, 0.0)
         y = g.sum(-1) / self._count(node, idx, padded, x.dtype)
-        return y.reshape(*x.shape[:k + 2], *out_sp)
+        return y.reshape((*x.shape[:k + 2], *out_sp))
 
     def interval(self, node: Node, x: Interval) -> Interval:
         return Interval(self.forward(node, x.lo), self.forward(node, x.hi))
@@ -132,7 +132,7 @@ class AveragePool(_Pool, AffineRule):
         tgt = torch.where(idx >= 0, idx, torch.full_like(idx, n_in)).reshape(-1)
         out = torch.zeros(rows.shape[0], n_in + 1, dtype=A.dtype, device=A.device)
         out.index_add_(1, tgt, src)
-        return [out[:, :n_in].reshape(*A.shape[:k], *in_shape)]
+        return [out[:, :n_in].reshape((*A.shape[:k], *in_shape))]
 
 
 class GlobalAveragePool(AffineRule):
@@ -160,7 +160,7 @@ class MaxPool(_Pool, SelectionRule):
 
     def forward(self, node: Node, x: Tensor) -> Tensor:
         g, (k, in_sp, out_sp, idx, padded) = self.gather(node, x, -math.inf)
-        return g.amax(-1).reshape(*x.shape[:k + 2], *out_sp)
+        return g.amax(-1).reshape((*x.shape[:k + 2], *out_sp))
 
     def interval(self, node: Node, x: Interval) -> Interval:
         return Interval(self.forward(node, x.lo), self.forward(node, x.hi))
@@ -190,7 +190,7 @@ class MaxPool(_Pool, SelectionRule):
         nc = lo.shape[k] * lo.shape[k + 1]
         n_in = math.prod(in_sp)
         base = (torch.arange(nc, device=lo.device) * n_in).reshape(lo.shape[k], lo.shape[k + 1], 1)
-        index = (sp + base).reshape(*lead, -1)
+        index = (sp + base).reshape((*lead, -1))
         flat = (*lead, -1)
         lower = Line(torch.where(real, one, zero).reshape(flat),
                      torch.where(real, zero, torch.full_like(zero, -math.inf)).reshape(flat), index)

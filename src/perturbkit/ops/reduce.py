@@ -99,7 +99,7 @@ class ReduceMax(SelectionRule):
         k = n_lead(t, in_shape)
         K = math.prod(in_shape[a] for a in axes)
         perm = list(range(k)) + [k + a for a in kept + axes]
-        w = t.permute(perm).reshape(*t.shape[:k], -1, K)
+        w = t.permute(perm).reshape((*t.shape[:k], -1, K))
         idx = torch.arange(math.prod(in_shape), device=t.device).reshape(in_shape).permute(kept + axes).reshape(-1, K)
         return w, idx
 

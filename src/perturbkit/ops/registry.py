@@ -14,6 +14,8 @@ from perturbkit.ops import abs as abs_
 from perturbkit.ops import (arith, batchnorm, clip, conv, convtranspose, indexing, linear, pool, reduce, relu,
                             reshape, shape_ops, sigmoid, softplus)
 from perturbkit.ops import bilinear, embedding, layernorm, minmax, softmax
+from perturbkit.ops import broadcast
+from perturbkit.ops import elu, exp_log, gelu, hard, power, softsign, swish, trig
 from perturbkit.ops.base import OpRule
 
 _RULES: dict[str, OpRule] = {
@@ -36,6 +38,21 @@ _RULES: dict[str, OpRule] = {
     "Sigmoid": sigmoid.Sigmoid(),
     "Tanh": sigmoid.Tanh(),
     "Softplus": softplus.Softplus(),
+    "Exp": exp_log.Exp(),
+    "Log": exp_log.Log(),
+    "Sqrt": power.Sqrt(),
+    "Reciprocal": power.Reciprocal(),
+    "Pow": power.Pow(),
+    "Erf": gelu.Erf(),
+    "Gelu": gelu.Gelu(),
+    "Swish": swish.Swish(),
+    "Elu": elu.Elu(),
+    "Selu": elu.Selu(),
+    "HardSigmoid": hard.HardSigmoid(),
+    "HardSwish": hard.HardSwish(),
+    "Softsign": softsign.Softsign(),
+    "Sin": trig.Sin(),
+    "Cos": trig.Cos(),
     "Abs": abs_.Abs(),
     "Clip": clip.Clip(),
     "BatchNormalization": batchnorm.BatchNormalization(),
@@ -61,13 +78,21 @@ _RULES: dict[str, OpRule] = {
     "Slice": indexing.Slice(),
     "Gather": indexing.Gather(),
     "Pad": indexing.Pad(),
+    "Expand": broadcast.Expand(),
+    "Tile": broadcast.Tile(),
+    "Where": broadcast.Where(),
 }
 
 RULES: Mapping[str, OpRule] = MappingProxyType(_RULES)
 
 
+#: op types that only lowering creates (graph/lower.py): not part of the supported vocabulary
+INTERNAL = frozenset({"BilinearMul", "BilinearMatMul", "TableLookup"})
+
+
 def supported() -> list[str]:
-    return sorted(RULES)
+    """The ONNX operators perturbkit bounds (rules and decompositions; internal ops left out)."""
+    return sorted(set(RULES) - INTERNAL)
 
 
 def rule_for(node: Node, source: str = "") -> OpRule:

@@ -22,14 +22,14 @@ class ReshapeLike(AffineRule):
 
     def forward(self, node: Node, x: torch.Tensor, *rest) -> torch.Tensor:
         k = n_lead(x, node.in_shapes[0])
-        return x.reshape(*x.shape[:k], *node.out_shape)
+        return x.reshape((*x.shape[:k], *node.out_shape))
 
     def interval(self, node: Node, x: Interval, *rest) -> Interval:
         return Interval(self.forward(node, x.lo), self.forward(node, x.hi))
 
     def backward(self, node: Node, A: torch.Tensor, *xs):
         k = n_lead(A, node.out_shape)
-        return [A.reshape(*A.shape[:k], *node.in_shapes[0])] + [None] * (len(xs) - 1)
+        return [A.reshape((*A.shape[:k], *node.in_shapes[0]))] + [None] * (len(xs) - 1)
 
     def infer_shape(self, node: Node, *xs) -> Shape:
         return tuple(node.in_shapes[0])

@@ -47,6 +47,10 @@ class Concat(AffineRule):
     op_type = "Concat"
     coordinatewise = True
 
+    def is_coordinatewise(self, node: Node, runtime: int) -> bool:
+        """With one runtime input, the others are constants: each coordinate is copied once."""
+        return True
+
     def _axis(self, node: Node) -> int:
         return norm_axis(int(node.attrs["axis"]), len(node.in_shapes[0]), node)
 

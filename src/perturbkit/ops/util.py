@@ -18,7 +18,7 @@ def align(x: torch.Tensor, declared: Shape, rank: int) -> torch.Tensor:
     k = n_lead(x, declared)
     if len(declared) >= rank:
         return x
-    return x.reshape(*x.shape[:k], *([1] * (rank - len(declared))), *declared)
+    return x.reshape((*x.shape[:k], *([1] * (rank - len(declared))), *declared))
 
 
 def unbroadcast(A: torch.Tensor, out_shape: Shape, in_shape: Shape) -> torch.Tensor:
@@ -34,7 +34,7 @@ def unbroadcast(A: torch.Tensor, out_shape: Shape, in_shape: Shape) -> torch.Ten
             dims.append(k + extra + j)
     if dims:
         A = A.sum(dim=dims, keepdim=True)
-    return A.reshape(*A.shape[:k], *in_shape)
+    return A.reshape((*A.shape[:k], *in_shape))
 
 
 def numel(shape: Shape) -> int:

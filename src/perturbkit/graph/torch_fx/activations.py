@@ -95,3 +95,54 @@ def clamp_min(b: Builder, c: Call) -> Var:
 
 def clamp_max(b: Builder, c: Call) -> Var:
     return _clip(b, c.arg(0, "input"), None, c.arg(1, "max"))
+
+
+# -- smooth activations (ONNX names and attributes) ----------------------------------
+def _gelu(b: Builder, x: Any, approximate: Any) -> Var:
+    approximate = str(approximate)
+    if approximate not in ("none", "tanh"):
+        raise unsupported(b, f"GELU with approximate='{approximate}' is not supported; supported: none, tanh")
+    return b.emit("Gelu", [as_var(b, x)], {"approximate": approximate})
+
+
+def gelu_module(b: Builder, c: Call) -> Var:
+    return _gelu(b, c.args[0], c.module.approximate)
+
+
+def gelu_fn(b: Builder, c: Call) -> Var:
+    return _gelu(b, c.arg(0, "input"), c.arg(1, "approximate", "none"))
+
+
+def elu_module(b: Builder, c: Call) -> Var:
+    return b.emit("Elu", [as_var(b, c.args[0])], {"alpha": float(c.module.alpha)})
+
+
+def elu_fn(b: Builder, c: Call) -> Var:
+    return b.emit("Elu", [as_var(b, c.arg(0, "input"))], {"alpha": float(c.arg(1, "alpha", 1.0))})
+
+
+# -- softmax ------------------------------------------------------------------------
+def _softmax(op: str, b: Builder, x: Any, dim: Any, dtype: Any) -> Var:
+    x = as_var(b, x)
+    if dtype is not None and not dtype.is_floating_point:
+        raise unsupported(b, f"{op} with dtype={dtype} is not supported")
+    if dim is None:  # PyTorch's implicit (deprecated) choice, _get_softmax_dim
+        dim = 0 if x.rank in (0, 1, 3) else 1
+    dim = int(dim)
+    if not -max(x.rank, 1) <= dim < max(x.rank, 1):
+        raise unsupported(b, f"{op} over dimension {dim} of a value of rank {x.rank}")
+    return b.emit(op, [x], {"axis": dim})
+
+
+def softmax_like(op: str) -> Converter:
+    """``F.softmax(x, dim, dtype=)``, ``torch.softmax``, ``x.softmax(dim)`` (and the log variants)."""
+    def convert(b: Builder, c: Call) -> Var:
+        dtype = next((a for a in c.args[2:] if isinstance(a, torch.dtype)), c.kwargs.get("dtype"))
+        return _softmax(op, b, c.arg(0, "input"), c.arg(1, "dim"), dtype)
+    return convert
+
+
+def softmax_module(op: str) -> Converter:
+    def convert(b: Builder, c: Call) -> Var:
+        return _softmax(op, b, c.args[0], c.module.dim, None)
+    return convert

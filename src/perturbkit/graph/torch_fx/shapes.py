@@ -244,3 +244,79 @@ def unbind(b: Builder, c: Call) -> tuple:
     axis = norm_axis(b, int(c.arg(1, "dim", 0)), x.rank)
     return tuple(b.emit("Squeeze", [_slice(b, x, [i], [i + 1], [axis], [1])], {"axes": [axis]})
                  for i in range(x.shape[axis]))
+
+
+def result_attr(b: Builder, c: Call) -> Any:
+    """``getattr``: a named field of a multi-value result (``torch.max(x, 1).values``), else
+    :func:`tensor_attr`."""
+    obj, attr = c.args[0], c.args[1]
+    if isinstance(obj, tuple) and not isinstance(obj, Var) and hasattr(obj, attr):
+        return getattr(obj, attr)
+    return tensor_attr(b, c)
+
+
+# -- broadcasting and repetition ----------------------------------------------------------
+def expand(b: Builder, c: Call) -> Var:
+    """``x.expand(*sizes)`` / ``x.expand_as(y)``: ONNX ``Expand`` to the result's shape."""
+    x = as_var(b, c.args[0])
+    return b.emit("Expand", [x], {"shape": [int(d) for d in c.value.shape]}, out_shape=tuple(c.value.shape))
+
+
+def _sizes(args: tuple, kwargs: dict, name: str) -> list[int]:
+    sizes = args if args else kwargs.get(name, ())
+    if len(sizes) == 1 and not isinstance(sizes[0], int):
+        sizes = sizes[0]
+    return [int(s) for s in sizes]
+
+
+def _tile(b: Builder, x: Var, repeats: list[int]) -> Var:
+    if len(repeats) > x.rank:  # new leading axes of size 1 first, as torch does
+        new = len(repeats) - x.rank
+        x = b.emit("Unsqueeze", [x], {"axes": list(range(new))})
+    elif len(repeats) < x.rank:  # torch.tile: missing repeats are 1 (leading)
+        repeats = [1] * (x.rank - len(repeats)) + repeats
+    if all(r == 1 for r in repeats):
+        return b.emit("Identity", [x])
+    return b.emit("Tile", [x], {"repeats": repeats})
+
+
+def repeat(b: Builder, c: Call) -> Var:
+    """``x.repeat(*sizes)``: ONNX ``Tile`` (with leading axes added when there are more sizes than axes)."""
+    return _tile(b, as_var(b, c.args[0]), _sizes(c.args[1:], c.kwargs, "repeats"))
+
+
+def tile(b: Builder, c: Call) -> Var:
+    """``torch.tile(x, dims)`` / ``x.tile(dims)``."""
+    return _tile(b, as_var(b, c.arg(0, "input")), _sizes(c.args[1:], c.kwargs, "dims"))
+
+
+# -- selection by a constant condition --------------------------------------------------------
+def _where(b: Builder, cond: Any, x: Any, y: Any) -> Var:
+    if isinstance(cond, Var):
+        raise unsupported(b, "torch.where with a condition that depends on the network input is not supported; "
+                             "it must be constant")
+    cond = torch.as_tensor(cond)
+    if cond.dtype != torch.bool:
+        cond = cond != 0
+    return b.emit("Where", [cond, operand(x), operand(y)])
+
+
+def where(b: Builder, c: Call) -> Var:
+    """``torch.where(cond, x, y)`` with a constant ``cond``: ONNX ``Where(cond, x, y)``."""
+    if len(c.args) + len(c.kwargs) < 3:
+        raise unsupported(b, "torch.where(condition) (the indices of nonzero elements) is not supported")
+    return _where(b, c.arg(0, "condition"), c.arg(1, "input"), c.arg(2, "other"))
+
+
+def where_method(b: Builder, c: Call) -> Var:
+    """``x.where(cond, y)`` = ``torch.where(cond, x, y)``."""
+    return _where(b, c.arg(1, "condition"), c.args[0], c.arg(2, "other"))
+
+
+def masked_fill(b: Builder, c: Call) -> Var:
+    """``x.masked_fill(mask, value)`` with a constant mask: ``Where(mask, value, x)``."""
+    x = as_var(b, c.args[0])
+    value = c.arg(2, "value")
+    if isinstance(value, Var):
+        raise unsupported(b, "masked_fill with a fill value that depends on the network input is not supported")
+    return _where(b, c.arg(1, "mask"), value, x)

@@ -3,8 +3,9 @@
 The walk (:mod:`perturbkit.graph.torch_fx.trace`) knows no operation; it looks the fx node's
 target up here.  Adding a conversion = one converter in its family module
 (:mod:`~perturbkit.graph.torch_fx.activations`, :mod:`~perturbkit.graph.torch_fx.layers`,
-:mod:`~perturbkit.graph.torch_fx.shapes`, :mod:`~perturbkit.graph.torch_fx.arithmetic`) and
-one entry per spelling below.
+:mod:`~perturbkit.graph.torch_fx.shapes`, :mod:`~perturbkit.graph.torch_fx.arithmetic`,
+:mod:`~perturbkit.graph.torch_fx.attention`) and one entry per spelling below.  Modules in
+``MODULES`` are fx leaves: fx does not trace into them (:mod:`~perturbkit.graph.torch_fx.trace`).
 """
 from __future__ import annotations
 
@@ -15,19 +16,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from perturbkit.graph.torch_fx.activations import (clamp, clamp_max, clamp_min, dropout_fn, hardtanh_fn,
-                                                   hardtanh_module, identity_node, leaky_fn, leaky_module,
-                                                   passthrough, relu6_fn, softplus_fn, softplus_module, unary)
-from perturbkit.graph.torch_fx.arithmetic import binary, matmul, reduce, rsub
+from perturbkit.graph.torch_fx.activations import (clamp, clamp_max, clamp_min, dropout_fn, elu_fn, elu_module,
+                                                   gelu_fn, gelu_module, hardtanh_fn, hardtanh_module, identity_node,
+                                                   leaky_fn, leaky_module, passthrough, relu6_fn, softmax_like,
+                                                   softmax_module, softplus_fn, softplus_module, unary)
+from perturbkit.graph.torch_fx.arithmetic import binary, extremum, matmul, power, reduce, rsqrt, rsub
+from perturbkit.graph.torch_fx.attention import (embedding_fn, embedding_module, encoder_layer_module,
+                                                 encoder_module, layer_norm_fn, layer_norm_module, mha_module,
+                                                 sdpa_fn)
 from perturbkit.graph.torch_fx.builder import Converter, target_name
 from perturbkit.graph.torch_fx.layers import (CONSTANT_PADS, REFLECTION_PADS, REPLICATION_PADS, adaptive_fn,
                                               adaptive_module, avg_pool_fn, avg_pool_module, batch_norm_fn,
                                               batch_norm_module, conv_fn, conv_module, conv_transpose_fn,
                                               conv_transpose_module, linear_fn, linear_module, max_pool_fn,
                                               max_pool_module, pad_fn, pad_module)
-from perturbkit.graph.torch_fx.shapes import (cat, flatten_fn, flatten_method, flatten_module, getitem,
-                                              index_select, permute, reshape, split, squeeze, stack, t,
-                                              tensor_attr, transpose, unbind, unsqueeze)
+from perturbkit.graph.torch_fx.recurrent import recurrent_module
+from perturbkit.graph.torch_fx.shapes import (cat, expand, flatten_fn, flatten_method, flatten_module, getitem,
+                                              index_select, masked_fill, permute, repeat, reshape, result_attr,
+                                              split, squeeze, stack, t, tile, transpose, unbind, unsqueeze, where,
+                                              where_method)
 
 
 MODULES: dict[type, Converter] = {
@@ -41,6 +48,13 @@ MODULES: dict[type, Converter] = {
     nn.Sigmoid: unary("Sigmoid"),
     nn.Tanh: unary("Tanh"),
     nn.Softplus: softplus_module,
+    nn.GELU: gelu_module, nn.SiLU: unary("Swish", alpha=1.0), nn.ELU: elu_module, nn.SELU: unary("Selu"),
+    nn.Hardsigmoid: unary("HardSigmoid", alpha=1.0 / 6, beta=0.5), nn.Hardswish: unary("HardSwish"),
+    nn.Softsign: unary("Softsign"),
+    nn.Softmax: softmax_module("Softmax"), nn.LogSoftmax: softmax_module("LogSoftmax"),
+    nn.LayerNorm: layer_norm_module, nn.Embedding: embedding_module,
+    nn.MultiheadAttention: mha_module, nn.TransformerEncoderLayer: encoder_layer_module,
+    nn.TransformerEncoder: encoder_module,
     nn.Hardtanh: hardtanh_module,  # ReLU6 is a Hardtanh
     nn.Flatten: flatten_module, nn.Unflatten: reshape,
     nn.Identity: identity_node,
@@ -51,6 +65,7 @@ MODULES: dict[type, Converter] = {
     nn.AdaptiveAvgPool1d: adaptive_module(1), nn.AdaptiveAvgPool2d: adaptive_module(2),
     nn.AdaptiveAvgPool3d: adaptive_module(3),
     **{cls: pad_module for cls in CONSTANT_PADS + REFLECTION_PADS + REPLICATION_PADS},
+    nn.LSTM: recurrent_module, nn.GRU: recurrent_module, nn.RNN: recurrent_module,
 }
 
 FUNCTIONS: dict[Any, Converter] = {
@@ -63,8 +78,22 @@ FUNCTIONS: dict[Any, Converter] = {
     F.hardtanh: hardtanh_fn, F.relu6: relu6_fn,
     torch.clamp: clamp, torch.clip: clamp, torch.clamp_min: clamp_min, torch.clamp_max: clamp_max,
     torch.abs: unary("Abs"), operator.abs: unary("Abs"), abs: unary("Abs"),
+    F.gelu: gelu_fn, F.silu: unary("Swish", alpha=1.0), F.elu: elu_fn, F.selu: unary("Selu"),
+    torch.selu: unary("Selu"), F.hardsigmoid: unary("HardSigmoid", alpha=1.0 / 6, beta=0.5),
+    F.hardswish: unary("HardSwish"), F.softsign: unary("Softsign"),
+    F.softmax: softmax_like("Softmax"), torch.softmax: softmax_like("Softmax"),
+    F.log_softmax: softmax_like("LogSoftmax"), torch.log_softmax: softmax_like("LogSoftmax"),
+    # elementwise functions and powers
+    torch.exp: unary("Exp"), torch.log: unary("Log"), torch.sqrt: unary("Sqrt"), torch.rsqrt: rsqrt,
+    torch.reciprocal: unary("Reciprocal"), torch.erf: unary("Erf"),
+    torch.sin: unary("Sin"), torch.cos: unary("Cos"),
+    torch.pow: power, operator.pow: power,
+    torch.maximum: binary("Max"), torch.minimum: binary("Min"), torch.max: extremum("Max"),
+    torch.min: extremum("Min"), torch.amax: reduce("ReduceMax"), torch.amin: reduce("ReduceMin"),
     # layers
     F.linear: linear_fn,
+    F.layer_norm: layer_norm_fn, F.embedding: embedding_fn,
+    F.scaled_dot_product_attention: sdpa_fn,
     F.conv1d: conv_fn, F.conv2d: conv_fn, F.conv3d: conv_fn,
     F.conv_transpose1d: conv_transpose_fn, F.conv_transpose2d: conv_transpose_fn,
     F.conv_transpose3d: conv_transpose_fn,
@@ -91,8 +120,9 @@ FUNCTIONS: dict[Any, Converter] = {
     torch.permute: permute, torch.transpose: transpose, torch.swapaxes: transpose, torch.t: t,
     torch.squeeze: squeeze, torch.unsqueeze: unsqueeze,
     torch.cat: cat, torch.concat: cat, torch.concatenate: cat, torch.stack: stack,
-    operator.getitem: getitem, getattr: tensor_attr,
+    operator.getitem: getitem, getattr: result_attr,
     torch.index_select: index_select,
+    torch.where: where, torch.tile: tile,
     torch.split: split, torch.chunk: split, torch.unbind: unbind,
     torch.mean: reduce("ReduceMean"), torch.sum: reduce("ReduceSum"),
 }
@@ -110,6 +140,14 @@ METHODS: dict[str, Converter] = {
     "split": split, "chunk": split, "unbind": unbind,
     "index_select": index_select,
     "mean": reduce("ReduceMean"), "sum": reduce("ReduceSum"),
+    "softmax": softmax_like("Softmax"), "log_softmax": softmax_like("LogSoftmax"),
+    "exp": unary("Exp"), "log": unary("Log"), "sqrt": unary("Sqrt"), "rsqrt": rsqrt,
+    "reciprocal": unary("Reciprocal"), "erf": unary("Erf"), "sin": unary("Sin"), "cos": unary("Cos"),
+    "pow": power,
+    "maximum": binary("Max"), "minimum": binary("Min"), "max": extremum("Max"), "min": extremum("Min"),
+    "amax": reduce("ReduceMax"), "amin": reduce("ReduceMin"),
+    "expand": expand, "expand_as": expand, "repeat": repeat, "tile": tile,
+    "where": where_method, "masked_fill": masked_fill,
     "contiguous": passthrough, "clone": passthrough, "detach": passthrough, "float": passthrough,
     "double": passthrough, "to": passthrough, "type_as": passthrough,
 }

@@ -7,6 +7,7 @@ the whole graph against PyTorch, and turns every failure into one line that says
 """
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable, Optional
 
 import torch
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from perturbkit.errors import ModelError, PerturbkitError, UnsupportedOperatorError
 from perturbkit.graph.ir import Graph, Node
 from perturbkit.graph.network import Network
+from perturbkit.graph.torch_fx.arithmetic import Refused
 from perturbkit.graph.torch_fx.builder import Builder, Call, Var, describe_error, differ, target_name
 from perturbkit.graph.torch_fx.tables import (FUNCTIONS, METHODS, MODULES, SHAPE_ATTRS, SHAPE_METHODS,
                                               VALUE_FREE_FUNCTIONS, VALUE_FREE_METHODS, supported_torch)
@@ -27,9 +29,16 @@ __all__ = ["graph_from_module"]
 # --------------------------------------------------------------------------------------
 # the walk
 # --------------------------------------------------------------------------------------
+#: PyTorch's named multi-value results (``torch.return_types.max`` ...): tuples with named fields
+_STRUCTSEQS = tuple(t for t in vars(torch.return_types).values() if isinstance(t, type) and issubclass(t, tuple))
+
+
 def _map(a: Any, fn: Callable[[Any], Any]) -> Any:
     if isinstance(a, tuple) and not hasattr(a, "_fields"):
-        return tuple(_map(x, fn) for x in a)
+        mapped = tuple(_map(x, fn) for x in a)
+        if type(a) is not tuple and isinstance(a, _STRUCTSEQS):  # torch.max(x, 1): keep .values
+            return type(a)(mapped)
+        return mapped
     if isinstance(a, list):
         return [_map(x, fn) for x in a]
     if isinstance(a, dict):
@@ -61,6 +70,10 @@ def _unsupported_call(b: Builder, n: fx.Node, mod: Optional[nn.Module]) -> Unsup
 def _convert_call(b: Builder, gm: fx.GraphModule, n: fx.Node, env: dict[fx.Node, Any]) -> Any:
     args = _map(n.args, lambda a: env[a] if isinstance(a, fx.Node) else a)
     kwargs = _map(dict(n.kwargs), lambda a: env[a] if isinstance(a, fx.Node) else a)
+    refused: list[Refused] = []
+    _map((args, kwargs), lambda v: refused.append(v) if isinstance(v, Refused) else None)
+    if refused and not (n.op == "call_function" and n.target in (operator.getitem, getattr)):  # selecting is fine
+        raise UnsupportedOperatorError(f"{refused[0].why} at {b.where()}")
     mod = gm.get_submodule(n.target) if n.op == "call_module" else None
     concrete = lambda v: v.value.clone() if isinstance(v, Var) else v  # noqa: E731 - in-place ops must not touch examples
     cargs, ckwargs = _map(args, concrete), _map(kwargs, concrete)
@@ -107,7 +120,8 @@ def _convert_call(b: Builder, gm: fx.GraphModule, n: fx.Node, env: dict[fx.Node,
 
 # positional index of the ``inplace`` flag of functional activations
 _INPLACE_ARG = {F.relu: 1, F.relu6: 1, F.leaky_relu: 2, F.hardtanh: 3, F.dropout: 3, F.dropout1d: 3,
-                F.dropout2d: 3, F.dropout3d: 3, F.alpha_dropout: 3}
+                F.dropout2d: 3, F.dropout3d: 3, F.alpha_dropout: 3, F.silu: 1, F.elu: 2, F.selu: 1,
+                F.hardsigmoid: 1, F.hardswish: 1}
 
 
 def _in_place(n: fx.Node, mod: Optional[nn.Module], args: tuple, kwargs: dict) -> bool:
@@ -147,11 +161,27 @@ def _checked(b: Builder, result: Any, value: Any) -> Any:
     return result
 
 
+class _Tracer(fx.Tracer):
+    """fx's tracer, with every module the tables convert kept as a leaf (a call_module node).
+
+    fx's default leaves are the modules of ``torch.nn``; a subclass defined elsewhere is a leaf
+    too when it keeps the converted class's ``forward``.  Attention and Transformer modules must
+    be leaves: their ``forward`` branches on masks and fast paths, which fx cannot trace."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if super().is_leaf_module(m, module_qualified_name):
+            return True
+        cls = next((c for c in type(m).__mro__ if c in MODULES), None)
+        return cls is not None and type(m).forward is cls.forward
+
+
 def _trace(module: nn.Module, source: str) -> fx.GraphModule:
     if any(c in MODULES for c in type(module).__mro__):
         module = nn.Sequential(module)  # a bare layer: trace it as a leaf of a container
     try:
-        return fx.symbolic_trace(module)
+        tracer = _Tracer()
+        graph = tracer.trace(module)
+        return fx.GraphModule(tracer.root, graph, type(module).__name__)
     except Exception as e:  # noqa: BLE001 - any tracing failure becomes one clear line
         raise ModelError(f"cannot trace {source} with torch.fx ({describe_error(e)}); "
                          "export it with torch.onnx.export and load the .onnx file instead") from None
@@ -204,6 +234,8 @@ def _convert(module: nn.Module, gm: fx.GraphModule, x: torch.Tensor, source: str
     b.fx_node = None
     if isinstance(output, (tuple, list)) and len(output) == 1:
         output = output[0]
+    if isinstance(output, Refused):
+        raise UnsupportedOperatorError(f"{output.why} (the output of {source})")
     if not isinstance(output, Var):
         if isinstance(output, (tuple, list, dict)):
             raise ModelError(f"{source} returns {type(output).__name__} of several values; "
@@ -218,7 +250,23 @@ def _convert(module: nn.Module, gm: fx.GraphModule, x: torch.Tensor, source: str
                  constants={k: v for k, v in b.constants.items() if k in live}, source=source)
 
 
+def _check_token_input(gm: fx.GraphModule, x: torch.Tensor, source: str) -> None:
+    """An integer example input is allowed only as token ids read by embeddings."""
+    if x.is_floating_point():
+        return
+    place = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    users = list(place.users)
+    ok = x.dtype in (torch.int32, torch.int64) and users and all(
+        u.op == "call_module" and isinstance(gm.get_submodule(u.target), nn.Embedding) and u.args[0] is place
+        or u.op == "call_function" and u.target is F.embedding and u.args[0] is place for u in users)
+    if not ok:
+        raise ModelError(f"the example input must be a floating-point tensor, got {x.dtype} (integer inputs are "
+                         f"accepted only as token ids read by nn.Embedding / F.embedding) in {source}")
+
+
 def _check_graph(graph: Graph, x: torch.Tensor, ref: torch.Tensor) -> None:
+    if not x.is_floating_point():  # token ids: run as Network.__call__ does, as floats
+        x = x.to(ref.dtype)
     got = Network(graph).run(x)[graph.output_name]
     why = differ(got, ref)
     if why is not None:
@@ -232,7 +280,8 @@ def graph_from_module(module: nn.Module, example_input: torch.Tensor, *, source:
     Args:
         module: the network; put in eval mode while converting, its training flags restored after.
         example_input: one input as the module sees it, batch dimension included, e.g.
-            ``(1, 3, 32, 32)``; its shape is the graph's declared input shape.
+            ``(1, 3, 32, 32)``; its shape is the graph's declared input shape.  Floating point,
+            or integer token ids when only embeddings (``nn.Embedding``, ``F.embedding``) read it.
         source: name used in error messages (default: the module's class name).
 
     Returns:
@@ -248,16 +297,19 @@ def graph_from_module(module: nn.Module, example_input: torch.Tensor, *, source:
         raise ModelError(f"expected a torch.nn.Module, got {type(module).__name__}")
     if not isinstance(example_input, torch.Tensor):
         raise ModelError(f"expected the example input as a torch.Tensor, got {type(example_input).__name__}")
-    if not example_input.is_floating_point():
-        raise ModelError(f"the example input must be a floating-point tensor, got {example_input.dtype}")
     source = source or type(module).__name__
     modes = {m: m.training for m in module.modules()}
+    fast_path = torch.backends.mha.get_fastpath_enabled()
     x = example_input.detach().clone()
     try:
         module.eval()
+        # the reference is PyTorch's documented computation of attention modules, which the
+        # conversion follows (and the ONNX export too), not the fused inference fast path
+        torch.backends.mha.set_fastpath_enabled(False)
         with torch.no_grad():
             gm = _trace(module, source)
             _check_signature(gm, source)
+            _check_token_input(gm, x, source)
             try:
                 ref = module(x.clone())
             except Exception as e:  # noqa: BLE001
@@ -267,6 +319,7 @@ def graph_from_module(module: nn.Module, example_input: torch.Tensor, *, source:
             if isinstance(ref, torch.Tensor):
                 _check_graph(graph, x, ref)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
         for m, mode in modes.items():
             m.training = mode
     return graph

@@ -1,0 +1,180 @@
+"""Tightness and speed of perturbkit's bounds on Transformer-era networks, against auto_LiRPA.
+
+    python bench/modern_bounds.py [--models a,b,...] [--runs 5] [--markdown OUT.md] [--lirpa PATH]
+
+For every network of bench/modern_models.py (2-layer Transformer encoders, one attention layer
+with either softmax form, LSTM and GRU sequence classifiers, a GELU/SiLU/ELU MLP, the bundled
+digits Transformer) and every method (IBP, CROWN, alpha-CROWN), a fresh process (one thread)
+
+* builds the model and its input (seeded), an Linf ball of the network's eps;
+* perturbkit: ``perturbkit.load(module)`` (and the ONNX export, ``torch.onnx.export`` opset 17,
+  for the "onnx" column: same bounds expected), then one cold ``perturbkit.bounds`` call and
+  the median of ``--runs`` warm calls (model loading excluded);
+* auto_LiRPA (optional oracle, when importable; ``--lirpa PATH`` puts PATH first on sys.path):
+  ``BoundedModule(model, x)``, then ``compute_bounds`` with IBP, CROWN, CROWN-Optimized
+  (alpha-CROWN: 20 iterations, lr 0.5, its defaults for the rest); a failure is recorded with
+  the first line of its message;
+* reports the sum of the bound widths over the 10 logits, the times, and the peak resident
+  memory of the process (``ru_maxrss``) after the bound computations.
+
+Columns: ``width ratio`` = perturbkit's sum of widths / auto_LiRPA's (<= 1.001 is "at least as
+tight"); ``speed-up`` = auto_LiRPA's cold time / perturbkit's cold time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+METHODS = {"ibp": "IBP", "crown": "CROWN", "alpha-crown": "CROWN-Optimized"}
+
+
+def _child(lib: str, name: str, method: str, runs: int) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(ROOT / "src"))
+    from modern_models import build
+
+    model, x, eps = build(name)
+    out: dict = {"lib": lib, "model": name, "method": method}
+    if lib.startswith("perturbkit"):
+        import perturbkit as pk
+
+        if lib == "perturbkit-onnx":
+            import tempfile
+
+            path = Path(tempfile.mkdtemp()) / f"{name}.onnx"
+            with torch.enable_grad():
+                torch.onnx.export(model, (x,), str(path), opset_version=17, dynamo=False)
+            net = pk.load(path)
+        else:
+            net = pk.load(model, example_input=x)
+        ball = pk.sets.LpBall(x, eps)
+
+        def run():
+            return pk.bounds(net, ball, method=method)
+    else:
+        from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
+
+        try:
+            bm = BoundedModule(model, torch.zeros_like(x), device="cpu", verbose=0)
+        except Exception as e:  # noqa: BLE001 - the peer's failure is a result
+            return {**out, "error": f"BoundedModule: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]}
+        bx = BoundedTensor(x, PerturbationLpNorm(norm=float("inf"), eps=eps))
+        if method == "alpha-crown":
+            bm.set_bound_opts({"optimize_bound_args": {"iteration": 20, "lr_alpha": 0.5}})
+
+        def run():
+            lb, ub = bm.compute_bounds(x=(bx,), method=METHODS[method])
+
+            class B:
+                lower, upper = lb.detach(), ub.detach()
+            return B
+    try:
+        t = time.perf_counter()
+        b = run()
+        out["cold_s"] = time.perf_counter() - t
+        warm = []
+        for _ in range(0 if method == "alpha-crown" else runs):
+            t = time.perf_counter()
+            run()
+            warm.append(time.perf_counter() - t)
+        out["warm_s"] = statistics.median(warm) if warm else out["cold_s"]
+    except Exception as e:  # noqa: BLE001
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return {**out, "error": f"{type(e).__name__}: {msg}"[:300]}
+    with torch.no_grad():
+        y = model(x)
+    out["width"] = float((b.upper - b.lower).sum())
+    out["sound_at_centre"] = bool((b.lower <= y + 1e-5).all() and (y <= b.upper + 1e-5).all())
+    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def _spawn(lib: str, name: str, method: str, runs: int, lirpa: str | None) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if lirpa:
+        env["PYTHONPATH"] = lirpa + os.pathsep + env.get("PYTHONPATH", "")
+    p = subprocess.run([sys.executable, __file__, "--child", lib, name, method, str(runs)], capture_output=True,
+                       text=True, env=env)
+    lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
+    if p.returncode != 0 or not lines:
+        err = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"lib": lib, "model": name, "method": method, "error": f"process failed: {err}"[:300]}
+    return json.loads(lines[-1])
+
+
+def _lirpa_available(lirpa: str | None) -> bool:
+    env = dict(os.environ)
+    if lirpa:
+        env["PYTHONPATH"] = lirpa + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", "import auto_LiRPA"], env=env, capture_output=True).returncode == 0
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=None, help="comma-separated names (default: all)")
+    ap.add_argument("--methods", default="ibp,crown,alpha-crown")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--lirpa", default=None, help="a folder holding the auto_LiRPA package (put first on sys.path)")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        lib, name, method, runs = args.child
+        print(json.dumps(_child(lib, name, method, int(runs))))
+        return
+    sys.path.insert(0, str(HERE))
+    from modern_models import MODELS
+
+    names = args.models.split(",") if args.models else list(MODELS)
+    methods = args.methods.split(",")
+    libs = ["perturbkit", "perturbkit-onnx"] + (["auto_LiRPA"] if _lirpa_available(args.lirpa) else [])
+    rows = []
+    for name in names:
+        for method in methods:
+            res = {lib: _spawn(lib, name, method, args.runs, args.lirpa) for lib in libs}
+            rows.append((name, method, res))
+            print(json.dumps(res), file=sys.stderr)
+    lines = ["| network | method | perturbkit width | onnx width | auto_LiRPA width | width ratio | perturbkit cold (warm) | "
+             "auto_LiRPA cold (warm) | speed-up | peak RSS pk / LiRPA |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def cell(r, key, fmt):
+        return "error" if "error" in r else fmt.format(r[key])
+
+    notes = []
+    for name, method, res in rows:
+        pk_, onx = res["perturbkit"], res["perturbkit-onnx"]
+        li = res.get("auto_LiRPA", {"error": "not installed"})
+        ratio = speed = "-"
+        if "error" not in pk_ and "error" not in li:
+            ratio = f"{pk_['width'] / li['width']:.4f}" if li["width"] > 0 else "-"
+            speed = f"{li['cold_s'] / pk_['cold_s']:.1f}x"
+        for lib, r in res.items():
+            if "error" in r:
+                notes.append(f"- {lib} on {name} ({method}): {r['error']}")
+        lines.append(f"| {name} | {method} | {cell(pk_, 'width', '{:.5g}')} | {cell(onx, 'width', '{:.5g}')} | "
+                     f"{cell(li, 'width', '{:.5g}')} | {ratio} | "
+                     + ("error" if "error" in pk_ else f"{pk_['cold_s'] * 1e3:.1f} ms ({pk_['warm_s'] * 1e3:.1f})") + " | "
+                     + ("error" if "error" in li else f"{li['cold_s'] * 1e3:.1f} ms ({li['warm_s'] * 1e3:.1f})") + " | "
+                     + f"{speed} | " + ("-" if "error" in pk_ else f"{pk_['peak_mb']:.0f} MB") + " / "
+                     + ("-" if "error" in li else f"{li['peak_mb']:.0f} MB") + " |")
+    text = "\n".join(lines + ([""] + notes if notes else []))
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
