@@ -32,6 +32,7 @@ models: $(STAMP)
 	$(PY) -m pip install -e '.[test,train]'
 	$(PY) -m perturbkit.models.train_digits
 	$(PY) -m perturbkit.models.train_digits --adv
+	$(PY) -m perturbkit.models.train_transformer
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis

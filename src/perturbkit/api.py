@@ -7,7 +7,7 @@ from typing import Callable, Mapping, Optional, Union
 
 import torch
 
-from perturbkit.bounds.alpha_crown import alpha_crown
+from perturbkit.bounds.alpha_crown import AlphaConfig, alpha_crown
 from perturbkit.bounds.crown import crown
 from perturbkit.bounds.engine import Context, make_context
 from perturbkit.bounds.ibp import ibp, interval_spec
@@ -58,30 +58,33 @@ def _ibp(ctx: Context, C):
     return interval_spec(ibp(ctx), C, ctx.batch)
 
 
-METHODS: dict[str, Callable[[Context, Optional[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]] = {
-    "ibp": _ibp,
-    "crown": lambda ctx, C: crown(ctx, C, intermediate="crown"),
-    "crown-ibp": lambda ctx, C: crown(ctx, C, intermediate="ibp"),
-    "alpha-crown": lambda ctx, C: alpha_crown(ctx, C)[:2],
+METHODS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    "ibp": lambda ctx, C, alpha: _ibp(ctx, C),
+    "crown": lambda ctx, C, alpha: crown(ctx, C, intermediate="crown"),
+    "crown-ibp": lambda ctx, C, alpha: crown(ctx, C, intermediate="ibp"),
+    "alpha-crown": lambda ctx, C, alpha: alpha_crown(ctx, C, alpha)[:2],
 }
 
 
 def bounds(network: Network, input_set: PerturbationSet, method: str = "crown", C: Optional[torch.Tensor] = None,
            *, weights: Optional[Mapping[str, Union[PerturbationSet, float]]] = None,
+           alpha: AlphaConfig = AlphaConfig(),
            device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None) -> Bounds:
     """Provable bounds on the outputs (or on ``C @ outputs``) of ``network`` over ``input_set``.
 
     Args:
         network: a :class:`Network` (see :func:`load`).
         input_set: :class:`perturbkit.sets.Box` or :class:`perturbkit.sets.LpBall`, batched.
-        method: ``"ibp"``, ``"crown"``, ``"crown-ibp"`` or ``"alpha-crown"`` (default
-            :class:`perturbkit.bounds.alpha_crown.AlphaConfig`; use ``alpha_crown`` directly
-            for other settings or warm starts).
+        method: ``"ibp"``, ``"crown"``, ``"crown-ibp"`` or ``"alpha-crown"`` (settings in
+            ``alpha``; use ``alpha_crown`` directly for warm starts).
         C: optional specification ``(B, S, n_outputs)`` (or ``(S, n_outputs)`` for all samples).
         weights: perturb parameters too, jointly with the input: parameter (``"fc1.weight"``),
             module (``"fc1"``: its weight) or node name -> a set of the parameter's shape
             (``Box``, ``LpBall``) or a number ``e`` (the Linf ball of radius ``e`` around the
             parameter's value); see :mod:`perturbkit.bounds.weights`.
+        alpha: alpha-CROWN's settings (:class:`perturbkit.bounds.alpha_crown.AlphaConfig`),
+            e.g. ``AlphaConfig(optimize_intermediate=False)`` to optimise only the output's
+            relaxations (much faster on Transformers).
         device, dtype: where and in what precision to compute (default: those of the set).
     Returns:
         :class:`Bounds` with ``lower``/``upper`` of shape ``(B, S)`` (``S = n_outputs`` without C).
@@ -109,7 +112,7 @@ def bounds(network: Network, input_set: PerturbationSet, method: str = "crown", 
         if not torch.isfinite(C).all():
             raise InputError("C contains NaN or inf")
     with torch.no_grad():
-        lower, upper = METHODS[method](ctx, C)
+        lower, upper = METHODS[method](ctx, C, alpha)
     # a NaN (e.g. 0 * inf where an input set or intermediate bound is unbounded) says
     # nothing: the sound answer is the trivial bound
     lower = torch.where(torch.isnan(lower), torch.full_like(lower, -torch.inf), lower)

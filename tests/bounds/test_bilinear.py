@@ -121,3 +121,29 @@ def test_matmul_interval_exact():
                          ahi[0, 0] * bhi[0, :, 0]])
     torch.testing.assert_close(box.lo[0, 0, 0], terms.min(0).values.sum())
     torch.testing.assert_close(box.hi[0, 0, 0], terms.max(0).values.sum())
+
+
+def test_stochastic_rows_interval():
+    """Attention weights (softmax rows) times values: the interval also lies within the
+    range of the value rows' convex combinations, and contains every sampled product."""
+    rule = BilinearMatMul()
+    base = _node(rule, (3, 4), (4, 2))
+    node = Node("p", "BilinearMatMul", ("a", "b"), "z", {"stochastic_rows": 1}, base.in_shapes, base.out_shape)
+    g = torch.Generator().manual_seed(5)
+    s = torch.randn(1, 3, 4, generator=g, dtype=F64)
+    slo, shi = s - 0.5, s + 0.5
+    # softmax bounds of each weight from the score box: a_k in [e^lo_k / (e^lo_k + sum_j e^hi_j), ...]
+    e_lo, e_hi = slo.exp(), shi.exp()
+    alo = e_lo / (e_lo + (e_hi.sum(-1, keepdim=True) - e_hi))
+    ahi = e_hi / (e_hi + (e_lo.sum(-1, keepdim=True) - e_lo))
+    blo = torch.randn(1, 4, 2, generator=g, dtype=F64)
+    bhi = blo + torch.rand(1, 4, 2, generator=g, dtype=F64)
+    plain = rule.interval(base, Interval(alo, ahi), Interval(blo, bhi))
+    box = rule.interval(node, Interval(alo, ahi), Interval(blo, bhi))
+    assert (box.lo >= plain.lo).all() and (box.hi <= plain.hi).all()
+    assert (box.lo >= blo.amin(-2, keepdim=True)).all() and (box.hi <= bhi.amax(-2, keepdim=True)).all()
+    for _ in range(200):
+        a = torch.softmax(slo + (shi - slo) * torch.rand(s.shape, generator=g, dtype=F64), -1)
+        b = blo + (bhi - blo) * torch.rand(blo.shape, generator=g, dtype=F64)
+        z = a @ b
+        assert (z >= box.lo - 1e-12).all() and (z <= box.hi + 1e-12).all()

@@ -149,10 +149,12 @@ def test_help_exits_zero(capsys):
 def test_demo_runs_and_its_command_reproduces(capsys, tmp_path):
     code, out, err = _run(capsys, "demo", "--n", "3", "--save-dir", tmp_path)
     assert code == 0, err
-    for word in ("digits-mlp", "digits-cnn", "IBP", "CROWN", "CROWN-IBP", "certified", "time for 3 digits"):
+    for word in ("digits-mlp", "digits-cnn", "digits-transformer", "IBP", "CROWN", "CROWN-IBP", "certified",
+                 "time for 3 digits", "Linf radius 0.01"):
         assert word in out
     commands = [line.split(":  ", 1)[1] for line in out.splitlines() if "from the command line:" in line]
-    assert len(commands) == 2 and all(c.startswith("perturbkit bounds digits-") for c in commands)
+    assert len(commands) == 3 and all(c.startswith("perturbkit bounds digits-") for c in commands)
+    assert "--eps 0.01" in commands[2]  # the Transformer at a third of the radius
     argv = shlex.split(commands[0])[1:]
     code, out2, err2 = _run(capsys, *argv)
     assert code == 0, err2
@@ -164,7 +166,7 @@ def test_demo_attack_never_breaks_a_certified_digit(capsys, tmp_path):
     code, out, err = _run(capsys, "demo", "--n", "16", "--eps", "0.08", "--save-dir", tmp_path)
     assert code == 0, err
     lines = [line for line in out.splitlines() if "broken by PGD" in line]
-    assert len(lines) == 2
+    assert len(lines) == 3
     broken = [int(line.split("):")[1].split(" of ")[0]) for line in lines]
     assert sum(broken) > 0
     assert all(line.rstrip().endswith("certified and broken at once: 0") for line in lines)

@@ -31,6 +31,7 @@ BOUND_CASES = [
     _c("max_three", "Max", [(2, 3), (3,), (2, 1)]),
     _c("min_two", "Min", [(2, 3), (2, 3)]),
     _c("min_const_left", "Min", [(3,), (2, 3)], consts={0: rnd(3)}),
+    _c("known_range", "KnownRange", [(2, 3)], {"lower": -100.0, "upper": 100.0}),
     # ---- composites -----------------------------------------------------------------------------
     _c("softmax_last", "Softmax", [(2, 4)], scale=3.0),
     _c("softmax_axis0", "Softmax", [(3, 2)], {"axis": 0}, scale=3.0),

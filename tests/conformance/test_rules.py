@@ -96,7 +96,8 @@ def in_domain(case: Case, x, y, dtype=F64):
 
 # ---------------------------------------------------------------------------------------------
 #: ops whose conformance lives in a test module of its own (the generic boxes do not fit them)
-COVERED_ELSEWHERE = {"TableLookup": "tests/bounds/test_embedding.py"}  # indices: integer rows of a table
+COVERED_ELSEWHERE = {"TableLookup": "tests/bounds/test_embedding.py",  # indices: integer rows of a table
+                     "MaskedSoftmax": "tests/bounds/test_masked_softmax.py"}  # made by fusion from Add + Softmax
 
 
 def test_every_op_has_a_case():

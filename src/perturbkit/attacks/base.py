@@ -154,7 +154,7 @@ class Classifier:
             model = model.model
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from perturbkit.api import load
-            from perturbkit.cli.io import resolve_model
+            from perturbkit.models import resolve_model
 
             model = load(str(resolve_model(str(model))), forward_only=True)
         if not callable(model):

@@ -142,7 +142,7 @@ def make_site(model: Any, node: str):
         raise InputError(f"node must be a non-empty name, got {node!r}")
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         from perturbkit.api import load
-        from perturbkit.cli.io import resolve_model
+        from perturbkit.models import resolve_model
 
         model = load(str(resolve_model(str(model))))
     if isinstance(model, Network):

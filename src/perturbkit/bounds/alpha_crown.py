@@ -77,6 +77,9 @@ class Adam:
         for p, g, m, v in zip(self.params, grads, self.m, self.v):
             if g is None:
                 continue
+            # a non-finite gradient (e.g. a relaxation's derivative at a pole) says nothing
+            # about the direction: that coordinate is not moved this step
+            g = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             p.addcdiv_(m / c1, (v / c2).sqrt_().add_(self.eps), value=-self.lr)
@@ -194,8 +197,8 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
                     # functions such as x^-0.5 need bounds inside their domain, and tighter
                     # is never worse), but the gradient passes as if not intersected: cutting
                     # it wherever CROWN is tighter measurably weakens the optimum
-                    lo[:, idx] = r_lo + (torch.maximum(r_lo, lo[:, idx]) - r_lo).detach()
-                    hi[:, idx] = r_hi + (torch.minimum(r_hi, hi[:, idx]) - r_hi).detach()
+                    lo[:, idx] = _straight_through(r_lo, torch.maximum(r_lo, lo[:, idx]))
+                    hi[:, idx] = _straight_through(r_hi, torch.minimum(r_hi, hi[:, idx]))
                     ctx.intervals[name] = Interval(lo.reshape(itv.lo.shape), hi.reshape(itv.hi.shape))
                 r = backward(ctx, g.output_name, A_out, alphas=alphas[g.output_name])
                 if opt is None:
@@ -231,6 +234,12 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
         if config.lower_only:
             hi = torch.full_like(hi, float("inf"))
     return lo, hi, best_alphas
+
+
+def _straight_through(raw: Tensor, value: Tensor) -> Tensor:
+    """``value`` in the forward pass, with the gradient of ``raw`` (where ``raw`` is finite)."""
+    ok = torch.isfinite(raw)
+    return torch.where(ok, raw + (value - torch.where(ok, raw, torch.zeros_like(raw))).detach(), value.detach())
 
 
 def _halves(best: Tensor, B0: int, S: int, config: "AlphaConfig") -> tuple[Tensor, Tensor]:

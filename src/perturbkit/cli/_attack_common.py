@@ -113,7 +113,7 @@ def _flags_line(flags: dict[str, int]) -> str:
 
 def _load_net(model: str):
     import perturbkit
-    from perturbkit.cli.io import resolve_model
+    from perturbkit.models import resolve_model
 
     return perturbkit.load(str(resolve_model(model)), forward_only=True)  # attacks only run the model
 

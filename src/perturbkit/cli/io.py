@@ -14,28 +14,10 @@ from typing import Any
 import numpy as np
 
 from perturbkit._atomic import write_text_atomic
-from perturbkit.errors import InputError, ModelError
-from perturbkit.models import BUNDLED, bundled_names, bundled_path
+from perturbkit.errors import InputError
+from perturbkit.models import resolve_model  # noqa: F401  (re-exported for the commands)
 
 
-def resolve_model(spec: str) -> Path:
-    """``spec`` is an existing file path or a bundled model name; returns the file to load.
-
-    An existing file wins over a bundled name of the same spelling.
-    """
-    path = Path(spec)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        raise ModelError(f"model {spec} is a directory, expected an .onnx file")
-    if spec in BUNDLED:
-        return bundled_path(spec)
-    if path.suffix or os.sep in spec or (os.altsep and os.altsep in spec):
-        raise ModelError(f"model file {spec} not found")
-    raise ModelError(
-        f"unknown model '{spec}': no such file and no bundled model of that name "
-        f"(bundled: {', '.join(bundled_names())})"
-    )
 
 
 _NPY_MAGIC = b"\x93NUMPY"

@@ -19,7 +19,13 @@ the function needs (up to :data:`ULPS` float32 ulps: exporters store ``sqrt(2)``
   optional (ones and zeros then);
 * ``Gelu`` (attr ``approximate``): ``0.5 x (1 + erf(x / sqrt(2)))`` ("none") and
   ``0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))`` ("tanh");
-* ``Swish`` (attr ``alpha``): ``x * sigmoid(alpha x)`` (SiLU: alpha 1).
+* ``Swish`` (attr ``alpha``): ``x * sigmoid(alpha x)`` (SiLU: alpha 1);
+* ``MaskedSoftmax`` (attr ``axis``; inputs x, a constant additive mask): ``Softmax(x + M)`` or
+  ``Softmax(Where(C, x, F))`` (``masked_fill``) where some mask entries are at most
+  :data:`perturbkit.ops.softmax.MASKED` (``-inf`` in exported attention masks): bounded with
+  those entries dropped exactly, where the plain decomposition would meet ``-inf - -inf``;
+* ``MatMul`` of softmax weights (last axis) by values gets ``stochastic_rows=1``: its
+  interval is intersected with the range of convex combinations of the values' rows.
 
 GELU and Swish are recognised by value, not by spelling: the final node's value and the
 gate's argument are expanded into polynomials in their atoms (:mod:`perturbkit.graph.polynomial`),
@@ -339,5 +345,55 @@ def _fuse_layer_norm(graph: Graph, node: Node, idx: Index) -> Optional[Fusion]:
     return _fused(node, "LayerNormalization", (x, names["scale"], names["bias"]), attrs, graph, nodes, consts)
 
 
+# -- masked softmax ---------------------------------------------------------------------------
+def _fuse_masked_softmax(graph: Graph, node: Node, idx: Index) -> Optional[Fusion]:
+    from perturbkit.ops.softmax import MASKED
+
+    if node.op_type != "Softmax":
+        return None
+    inner = _op(idx, node.inputs[0], "Add", "Where")
+    if inner is None or not idx.single_use(inner.output):
+        return None
+    shape = _shape(graph, inner.output)
+    if inner.op_type == "Add":
+        split = _with_const(idx, inner)
+        if split is None:
+            return None
+        x, m = split[0], graph.constants[split[1]]
+        mask = torch.broadcast_to(m.to(torch.float64), shape) if m.is_floating_point() else None
+    else:  # Where(C, a, b): one branch the runtime value, the other a constant fill
+        c, a, b = inner.inputs
+        if c not in graph.constants or (a in graph.constants) == (b in graph.constants):
+            return None
+        cond = torch.broadcast_to(graph.constants[c].bool(), shape)
+        x, fill = (a, graph.constants[b]) if b in graph.constants else (b, graph.constants[a])
+        filled = ~cond if b in graph.constants else cond  # where the fill is taken
+        fill = torch.broadcast_to(fill.to(torch.float64), shape)
+        mask = torch.where(filled, torch.where(fill <= MASKED, -math.inf, math.nan), 0.0)
+        if bool(torch.isnan(mask).any()):  # a fill that is not a mask: Where stays affine
+            return None
+    if mask is None or _shape(graph, x) != shape or not bool((mask <= MASKED).any()):
+        return None
+    name = _fresh(graph, f"{node.output}/mask")
+    return _fused(node, "MaskedSoftmax", (x, name), dict(node.attrs), graph, [inner], {name: mask})
+
+
+# -- attention weights times values ---------------------------------------------------------------
+def _mark_stochastic_rows(graph: Graph, node: Node, idx: Index) -> Optional[Fusion]:
+    """``MatMul(softmax(s, axis=-1), v)``: the left rows are probability vectors (an attribute
+    the interval of BilinearMatMul uses); Identity/Dropout in between are looked through."""
+    if node.op_type != "MatMul" or node.attrs.get("stochastic_rows") or len(_shape(graph, node.inputs[0])) < 2:
+        return None
+    p = _op(idx, node.inputs[0], "Softmax", "MaskedSoftmax", "Identity", "Dropout")
+    while p is not None and p.op_type in ("Identity", "Dropout"):
+        p = _op(idx, p.inputs[0], "Softmax", "MaskedSoftmax", "Identity", "Dropout")
+    if p is None:
+        return None
+    rank = len(_shape(graph, p.inputs[0]))
+    if int(p.attrs.get("axis", -1)) % rank != rank - 1:
+        return None
+    return _fused(node, "MatMul", node.inputs, {**node.attrs, "stochastic_rows": 1}, graph, [])
+
+
 #: the fusion table (tried in order at every node, from the graph output backwards)
-FUSIONS: list[Pattern] = [_fuse_layer_norm, _fuse_gelu, _fuse_swish]
+FUSIONS: list[Pattern] = [_fuse_layer_norm, _fuse_gelu, _fuse_swish, _fuse_masked_softmax, _mark_stochastic_rows]

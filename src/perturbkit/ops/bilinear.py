@@ -11,7 +11,10 @@ to batched operands: no operator algebra is written twice.
 Intervals are exact: every output element is a sum of products of distinct pairs of
 operand elements, so the sum of the products' exact ranges is the exact range.  For a
 MatMul whose expanded product would be very large the interval falls back to the midpoint-
-radius form (Rump 1999), still sound.
+radius form (Rump 1999), still sound.  With ``attrs['stochastic_rows']`` (set by
+:mod:`perturbkit.graph.fuse` when the left operand is a softmax along its last axis, as the
+attention weights are) the interval is also intersected with the range of the convex
+combinations of the right operand's rows.
 
 Shapes: runtime operands ``(*lead, *declared)``; a "fixed" operand in :meth:`transpose` is
 ``(B, *declared)`` and the coefficients ``(B, S, *declared)``.
@@ -93,6 +96,11 @@ class BilinearMatMul(BilinearRule):
             # midpoint-radius in floating point: widen by the rounding of the products
             slack = (am.abs() @ bm.abs() + rad) * (4 * K * torch.finfo(mid.dtype).eps)
             lo, hi = mid - rad - slack, mid + rad + slack
+        if node.attrs.get("stochastic_rows") and not va:
+            # rows of a are probability vectors (a softmax along its last axis): every output is
+            # a convex combination of b's rows, so it lies between their smallest and largest
+            lo = torch.maximum(lo, blo.amin(-2, keepdim=True))
+            hi = torch.minimum(hi, bhi.amax(-2, keepdim=True))
         if vb:
             lo, hi = lo.squeeze(-1), hi.squeeze(-1)
         if va:

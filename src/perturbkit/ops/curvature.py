@@ -142,7 +142,8 @@ class Curve:
     signs: ClassVar[tuple[int, ...]] = (1,)
     extrema: ClassVar[tuple[float, ...]] = ()
     smooth: ClassVar[bool] = True
-    steps: ClassVar[int] = 24
+    #: safeguarded Newton iterations of the one-dimensional solves (each falls back to bisection)
+    steps: ClassVar[int] = 6
 
     # -- the function ------------------------------------------------------------------------
     def f(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -150,6 +151,14 @@ class Curve:
 
     def df(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def d2f(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """``f''`` inside the pieces (its sign is the piece's curvature sign)."""
+        raise NotImplementedError
+
+    def df_d2f(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(f'(x), f''(x))`` (override to share work between them)."""
+        return self.df(x), self.d2f(x)
 
     def get_breaks(self) -> tuple[float, ...]:
         return self.breaks
@@ -255,87 +264,133 @@ class Curve:
             k += n
         return out
 
+    def _inside_slopes(self, A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
+        """``f'`` at the ends of pieces ``[A, B]``, taken one float inside (the piece's own side of a kink)."""
+        with torch.no_grad():
+            return self.df(torch.nextafter(A, B)), self.df(torch.nextafter(B, A))
+
+    def _newton(self, phi, a: Tensor, b: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Root of the increasing ``phi`` in ``[a, b]`` (``phi(a) < 0 < phi(b)``), from ``z``.
+
+        ``phi(x) -> (value, derivative)``.  Safeguarded Newton (a bisection step whenever the
+        Newton step leaves the bracket); runs outside autograd.  Returns ``(z, a, b)``: the last
+        iterate and the bracket around the root that contains it.
+        """
+        with torch.no_grad():
+            for _ in range(self.steps):
+                v, dv = phi(z)
+                neg = v < 0
+                a = torch.where(neg, z, a)
+                b = torch.where(neg, b, z)
+                pos = dv > 0
+                zn = z - v / torch.where(pos, dv, torch.ones_like(dv))
+                take = pos & (zn > a) & (zn < b)
+                z = torch.where(take, zn, a + (b - a) / 2)
+        return z, a, b
+
     def _touch(self, l, u, fl, fu, pts, fp, signs, req) -> list[tuple[Tensor, Tensor]]:
         """Slopes (of ``g = d f``) of the lines from ``(l, g(l))`` and ``(u, g(u))`` touching piece ``j``.
 
         From ``l``: the least chord slope ``(g(x) - g(l)) / (x - l)`` over the piece, at the root of
         ``psi(x) = g'(x) (x - l) - (g(x) - g(l))`` (increasing on a convex piece of ``g``), or at
-        its right end; from ``u`` the greatest chord slope to ``(u, g(u))``, mirrored.
+        an end of the piece (``g'(l)`` when the piece starts at ``l``); from ``u`` the greatest chord
+        slope to ``(u, g(u))``, mirrored.  Only (element, piece) pairs with an interior root are
+        solved; a last Newton step under autograd gives the touching point its derivative in
+        ``l`` and ``u`` (implicit function theorem).
         """
         if not req:
             return []
         shape = torch.broadcast_shapes(l.shape, u.shape)
-        lanes_a, lanes_b, x0s, f0s, es, ds = [], [], [], [], [], []
+        cols = {k: [] for k in ("A", "B", "FA", "FB", "X0", "F0", "E", "D")}
         for d, j in req:
-            for e, x0, f0 in ((1, l, fl), (-1, u, fu)):
-                lanes_a.append(pts[j].expand(shape))
-                lanes_b.append(pts[j + 1].expand(shape))
-                x0s.append(x0.expand(shape))
-                f0s.append(f0.expand(shape))
-                es.append(e)
-                ds.append(d)
-        A, B = torch.stack(lanes_a), torch.stack(lanes_b)
-        X0, F0 = torch.stack(x0s), torch.stack(f0s)
-        view = (-1,) + (1,) * len(shape)
-        E = torch.tensor(es, dtype=l.dtype, device=l.device).view(view)
-        D = torch.tensor(ds, dtype=l.dtype, device=l.device).view(view)
+            for e, x0, f0 in ((1.0, l, fl), (-1.0, u, fu)):
+                for k, v in (("A", pts[j]), ("B", pts[j + 1]), ("FA", fp[j]), ("FB", fp[j + 1]), ("X0", x0), ("F0", f0)):
+                    cols[k].append(v.expand(shape))
+                cols["E"].append(torch.full(shape, e, dtype=l.dtype, device=l.device))
+                cols["D"].append(torch.full(shape, float(d), dtype=l.dtype, device=l.device))
+        A, B, FA, FB, X0, F0, E, D = (torch.stack(cols[k]) for k in ("A", "B", "FA", "FB", "X0", "F0", "E", "D"))
+        left = E > 0
+        inner = B > A
         ED = E * D
-        a, b = A, B
-        for _ in range(self.steps):
-            mid = a + (b - a) / 2
-            move_a = ED * (self.df(mid) * (mid - X0) - (self.f(mid) - F0)) < 0
-            a = torch.where(move_a, mid, a)
-            b = torch.where(move_a, b, mid)
-        c = a + (b - a) / 2
-        g_c = D * self.df(c)
-        out = []
+        with torch.no_grad():  # phi = E * psi_g at the piece's ends (one-sided slopes)
+            dA, dB = self._inside_slopes(A, B)
+            phiA = ED * (dA * (A - X0) - (FA - F0))
+            phiB = ED * (dB * (B - X0) - (FB - F0))
+        # the piece contains the fixed point: the tangent there; else the chord to the nearer / farther end
+        at_end = torch.where(phiA >= 0, chord(X0, F0, A, FA, self.df(X0)), chord(X0, F0, B, FB, self.df(X0)))
+        out = D * torch.where(inner & torch.where(left, A == X0, B == X0), self.df(X0), at_end)
+        need = inner & torch.where(left, A > X0, B < X0) & (phiA < 0) & (phiB > 0)
+        idx = need.nonzero(as_tuple=True)
+        a, b, x0, f0, ed = A[idx], B[idx], X0[idx], F0[idx], ED[idx]
+        dd = D[idx]
+
+        def psi(x):
+            g1, g2 = self.df_d2f(x)
+            return ed * (g1 * (x - x0) - (self.f(x) - f0)), ed * g2 * (x - x0)
+
+        # phi' = E g''(x) (x - x0) with g'' = d f'': >= 0 on the piece
+        za = a.detach() + (b.detach() - a.detach()) / 2
+        z, _, _ = self._newton(psi, a.detach(), b.detach(), za)
+        v, dv = psi(z)  # one Newton step under autograd: d(root)/d(l, u)
+        pos = dv > 0
+        z = torch.where(pos, z - v / torch.where(pos, dv, torch.ones_like(dv)), z)
+        out = out.index_put(idx, dd * self.df(z))
+        res = []
         for i, (d, j) in enumerate(req):
-            il, iu = 2 * i, 2 * i + 1
-            # from l: the root is inside when b moved, else the least chord is to the piece's right end
-            end_l = d * chord(l, fl, pts[j + 1], fp[j + 1], self.df(l))
-            tl = torch.where(b[il] < B[il], g_c[il], end_l)
-            end_u = d * chord(pts[j], fp[j], u, fu, self.df(u))
-            tu = torch.where(a[iu] > A[iu], g_c[iu], end_u)
+            tl, tu = out[2 * i], out[2 * i + 1]
             if isinstance(signs[j], Tensor):  # periodic: piece j may not be convex for this line here
                 conv = d * signs[j] > 0
                 ch = d * chord(l, fl, u, fu, self.df(l))
                 tl, tu = torch.where(conv, tl, ch), torch.where(conv, tu, ch)
-            out.append((tl, tu))
-        return out
+            res.append((tl, tu))
+        return res
 
     def _intercepts(self, slopes: Sequence[Tensor], ds: Sequence[int], pts, fp, signs) -> list[Tensor]:
-        """For each slope ``s`` (of ``g = d f``): a lower bound of ``min_[l, u] g(x) - s x``, tight to the bisection."""
+        """For each slope ``s`` (of ``g = d f``): a lower bound of ``min_[l, u] g(x) - s x``, tight to rounding.
+
+        Concave and linear pieces count by their end points, and so do convex pieces where
+        ``s`` is outside ``[g'(p_{j-1}), g'(p_j)]`` (``g - s x`` is monotone there); elsewhere the
+        minimiser ``g'(x) = s`` is found by safeguarded Newton (only those (element, piece)
+        pairs), and bounded rigorously by the tangent of ``h = g - s x`` at the last iterate ``z``:
+        ``h(z) - |h'(z)| max(z - a, b - z)`` over the final bracket ``[a, b]``.
+        """
         shape = torch.broadcast_shapes(*(s.shape for s in slopes), pts[0].shape)
-        ends = []
+        out = []
         for s, d in zip(slopes, ds):
-            h = torch.stack(torch.broadcast_tensors(*(d * fv - s * p for p, fv in zip(pts, fp)))).amin(0)
-            ends.append(h)
-        lanes_a, lanes_b, lanes_s, lanes_d, owner, masks = [], [], [], [], [], []
-        for r, (s, d) in enumerate(zip(slopes, ds)):
-            for j, sg in enumerate(signs):
-                if _maybe_convex(d, sg):
-                    lanes_a.append(pts[j].expand(shape))
-                    lanes_b.append(pts[j + 1].expand(shape))
-                    lanes_s.append(s.expand(shape))
-                    lanes_d.append(d)
-                    owner.append(r)
-                    masks.append(d * sg > 0 if isinstance(sg, Tensor) else None)
-        if not lanes_a:
-            return ends
-        A, B, S = torch.stack(lanes_a), torch.stack(lanes_b), torch.stack(lanes_s)
-        D = torch.tensor(lanes_d, dtype=A.dtype, device=A.device).view((-1,) + (1,) * len(shape))
-        a, b = A, B
-        for _ in range(self.steps):
-            mid = a + (b - a) / 2
-            right = D * self.df(mid) < S  # h'(mid) < 0: the minimiser is right of mid
-            a = torch.where(right, mid, a)
-            b = torch.where(right, b, mid)
-        c = a + (b - a) / 2
-        bound = (D * self.f(c) - S * c) - (D * self.df(c) - S).abs() * ((b - a) / 2)
-        out = list(ends)
-        for i, r in enumerate(owner):
-            bi = bound[i] if masks[i] is None else torch.where(masks[i], bound[i], out[r])
-            out[r] = torch.minimum(out[r], bi)
+            out.append(torch.stack(torch.broadcast_tensors(*(d * fv - s * p for p, fv in zip(pts, fp)))).amin(0))
+        lanes = [(r, j) for r, d in enumerate(ds) for j, sg in enumerate(signs) if _maybe_convex(d, sg)]
+        if not lanes:
+            return out
+        L = len(lanes)
+        A = torch.stack([pts[j] for _, j in lanes])
+        B = torch.stack([pts[j + 1] for _, j in lanes])
+        D = torch.tensor([float(ds[r]) for r, _ in lanes], dtype=A.dtype, device=A.device).view((L,) + (1,) * (A.dim() - 1))
+        with torch.no_grad():
+            gA, gB = self._inside_slopes(A, B)
+            gA, gB = D * gA, D * gB
+        full = (L,) + tuple(shape)
+        S = torch.stack([slopes[r].expand(shape) for r, _ in lanes])
+        need = (B > A).expand(full) & (gA.expand(full) < S) & (S < gB.expand(full))
+        for i, (r, j) in enumerate(lanes):
+            if isinstance(signs[j], Tensor):
+                need[i] &= (ds[r] * signs[j] > 0).expand(shape)
+        idx = need.nonzero(as_tuple=True)
+        a, b = A.expand(full)[idx], B.expand(full)[idx]
+        s_c, d_c = S[idx], D.expand(full)[idx]
+        ga, gb = gA.expand(full)[idx], gB.expand(full)[idx]
+
+        def phi(x):
+            g1, g2 = self.df_d2f(x)
+            return d_c * g1 - s_c, d_c * g2
+
+        with torch.no_grad():  # start at the secant's root
+            z0 = a + (b - a) * ((s_c - ga) / (gb - ga)).clamp(0.0, 1.0)
+        z, za, zb = self._newton(phi, a.detach(), b.detach(), z0)
+        h = d_c * self.f(z) - s_c * z
+        bound_c = h - margin(lambda v, zz, aa, bb: v.abs() * torch.maximum(zz - aa, bb - zz), phi(z)[0], z, za, zb)
+        bound = torch.full(full, torch.inf, dtype=A.dtype, device=A.device).index_put(idx, bound_c)
+        for i, (r, _) in enumerate(lanes):
+            out[r] = torch.minimum(out[r], bound[i])
         return out
 
 

@@ -39,6 +39,9 @@ class EluCurve(Curve):
     def df(self, x: Tensor) -> Tensor:
         return self.gamma * torch.where(x > 0, torch.ones_like(x), self.alpha * torch.exp(x.clamp(max=0)))
 
+    def d2f(self, x: Tensor) -> Tensor:
+        return self.gamma * torch.where(x > 0, torch.zeros_like(x), self.alpha * torch.exp(x.clamp(max=0)))
+
 
 @functools.lru_cache(maxsize=16)
 def elu_curve(alpha: float, gamma: float) -> EluCurve:

@@ -43,6 +43,9 @@ class ErfCurve(Curve):
     def df(self, x: Tensor) -> Tensor:
         return (2 / math.sqrt(math.pi)) * torch.exp(-x * x)
 
+    def d2f(self, x: Tensor) -> Tensor:
+        return (-4 / math.sqrt(math.pi)) * x * torch.exp(-x * x)
+
 
 class GeluCurve(Curve):
     breaks, signs, extrema = (-_SQRT2, _SQRT2), (-1, 1, -1), (-0.7517915246935644574579,)
@@ -52,6 +55,13 @@ class GeluCurve(Curve):
 
     def df(self, x: Tensor) -> Tensor:
         return 0.5 * torch.erfc(-_INV_SQRT2 * x) + x * (_INV_SQRT_2PI * torch.exp(-0.5 * x * x))
+
+    def d2f(self, x: Tensor) -> Tensor:
+        return (_INV_SQRT_2PI * torch.exp(-0.5 * x * x)) * (2 - x * x)
+
+    def df_d2f(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        phi = _INV_SQRT_2PI * torch.exp(-0.5 * x * x)
+        return 0.5 * torch.erfc(-_INV_SQRT2 * x) + x * phi, phi * (2 - x * x)
 
 
 class GeluTanhCurve(Curve):
@@ -69,6 +79,15 @@ class GeluTanhCurve(Curve):
         s = torch.sigmoid((2 * _TANH_C) * xs * (1 + _TANH_A * xs * xs))
         dz = (2 * _TANH_C) * (1 + 3 * _TANH_A * xs * xs)
         return s + xs * dz * s * (1 - s)
+
+    def d2f(self, x: Tensor) -> Tensor:
+        """``2 s' T' + x (s'' T'^2 + s' T'')`` with ``s = sigmoid(T)``, ``T = 2 z``."""
+        xs = x.clamp(-30.0, 30.0)
+        s = torch.sigmoid((2 * _TANH_C) * xs * (1 + _TANH_A * xs * xs))
+        ds = s * (1 - s)
+        dT = (2 * _TANH_C) * (1 + 3 * _TANH_A * xs * xs)
+        d2T = (2 * _TANH_C) * 6 * _TANH_A * xs
+        return 2 * ds * dT + xs * (ds * (1 - 2 * s) * dT * dT + ds * d2T)
 
 
 ERF, GELU, GELU_TANH = ErfCurve(), GeluCurve(), GeluTanhCurve()

@@ -39,6 +39,9 @@ class HardSigmoidCurve(Curve):
         y = self.alpha * x + self.beta
         return torch.where((y > 0) & (y < 1), torch.full_like(x, self.alpha), torch.zeros_like(x))
 
+    def d2f(self, x: Tensor) -> Tensor:
+        return torch.zeros_like(x)
+
     def unstable(self, lo: Tensor, hi: Tensor) -> Tensor:
         out = torch.zeros_like(lo, dtype=torch.bool)
         for b in self.breaks:
@@ -54,6 +57,9 @@ class HardSwishCurve(Curve):
 
     def df(self, x: Tensor) -> Tensor:
         return torch.where(x <= -3, torch.zeros_like(x), torch.where(x >= 3, torch.ones_like(x), x / 3 + 0.5))
+
+    def d2f(self, x: Tensor) -> Tensor:
+        return torch.where((x > -3) & (x < 3), torch.full_like(x, 1 / 3), torch.zeros_like(x))
 
 
 @functools.lru_cache(maxsize=16)

@@ -9,11 +9,16 @@ it, with the reciprocal square root fused into one convex function)::
     r = Pow(v + epsilon, -0.5)         (convex and decreasing on v + epsilon > 0)
     y = Mul(c, r) * scale + bias       (a product of two perturbed values: BilinearMul)
 
+with the known range ``|c_i r| <= sqrt(N)`` (``sum_i c_i^2 = N var``, N normalised elements)
+on the product (:class:`~perturbkit.ops.reshape.KnownRange`), which relaxations cannot see.
+
 Inputs: ``X`` (runtime), ``Scale`` and optional ``B`` (constants or runtime values,
 broadcast to the normalised shape).  Attributes ``axis`` (default -1), ``epsilon``
 (default 1e-5); ``stash_type`` only sets the precision of ONNX Runtime's statistics.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -55,7 +60,9 @@ class LayerNormalization(CompositeRule):
         v = emit.node("ReduceMean", [sq], {"axes": axes, "keepdims": 1}, hint="var")
         ve = emit.node("Add", [v, emit.const(torch.tensor(eps, dtype=torch.float64), "epsilon")], hint="var_eps")
         rs = emit.node("Pow", [ve, emit.const(torch.tensor(-0.5), "minus_half")], hint="rsqrt")
-        n = emit.node("Mul", [c, rs], hint="normalised")
+        n = emit.node("Mul", [c, rs], hint="normalised_product")
+        N = math.prod(node.in_shapes[0][a] for a in axes)
+        n = emit.node("KnownRange", [n], {"lower": -math.sqrt(N), "upper": math.sqrt(N)}, hint="normalised")
         if bias is None:
             emit.node("Mul", [n, scale], output=node.output)
         else:

@@ -149,7 +149,7 @@ class MatMul(AffineRule):
     def lower(self, node: Node, runtime, emit) -> bool:
         if not all(runtime):
             return False
-        emit.node("BilinearMatMul", list(node.inputs), output=node.output)
+        emit.node("BilinearMatMul", list(node.inputs), dict(node.attrs), output=node.output)
         return True
 
     def interval(self, node: Node, a, b) -> Interval:

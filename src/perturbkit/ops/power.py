@@ -58,6 +58,9 @@ class _PowerMixin:
     def df(self, x: Tensor) -> Tensor:
         return self.p * torch.pow(x, self.p - 1)
 
+    def d2f(self, x: Tensor) -> Tensor:
+        return self.p * (self.p - 1) * torch.pow(x, self.p - 2)
+
     def sensitivity(self, x: Tensor) -> Tensor:
         """``|x f'(x)| = |p x^p|``: ``pow`` rounds ``p log x`` inside (no overflow beyond ``f``'s own)."""
         return (self.p * torch.pow(x, self.p)).abs()

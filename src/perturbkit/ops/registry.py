@@ -34,6 +34,7 @@ _RULES: dict[str, OpRule] = {
     "Squeeze": reshape.Squeeze(),
     "Unsqueeze": reshape.Unsqueeze(),
     "Identity": reshape.Identity(),
+    "KnownRange": reshape.KnownRange(),
     "Dropout": reshape.Dropout(),
     "Sigmoid": sigmoid.Sigmoid(),
     "Tanh": sigmoid.Tanh(),
@@ -68,6 +69,7 @@ _RULES: dict[str, OpRule] = {
     "BilinearMatMul": bilinear.BilinearMatMul(),
     "Softmax": softmax.Softmax(),
     "LogSoftmax": softmax.LogSoftmax(),
+    "MaskedSoftmax": softmax.MaskedSoftmax(),
     "LayerNormalization": layernorm.LayerNormalization(),
     "Max": minmax.Max(),
     "TableLookup": embedding.TableLookup(),
@@ -87,7 +89,7 @@ RULES: Mapping[str, OpRule] = MappingProxyType(_RULES)
 
 
 #: op types that only lowering creates (graph/lower.py): not part of the supported vocabulary
-INTERNAL = frozenset({"BilinearMul", "BilinearMatMul", "TableLookup"})
+INTERNAL = frozenset({"BilinearMul", "BilinearMatMul", "TableLookup", "MaskedSoftmax", "KnownRange"})
 
 
 def supported() -> list[str]:

@@ -92,3 +92,22 @@ class Dropout(ReshapeLike):
     """Inference-mode Dropout is the identity."""
 
     op_type = "Dropout"
+
+
+class KnownRange(ReshapeLike):
+    """The identity on a value whose range is known a priori: ``lower <= x <= upper`` for
+    every input of the network (attrs ``lower``, ``upper``; ``-inf``/``inf`` for none).
+
+    Lowerings emit it where the mathematics bounds a value that relaxations cannot see:
+    a softmax denominator ``sum_j exp(x_j - x_i) >= 1`` (its ``j = i`` term is 1), a layer
+    norm's normalised value ``|c_i| / sqrt(var + eps) <= sqrt(N)`` (``sum_i c_i^2 = N var``).
+    Its interval is the input's intersected with the range (sound because the range holds
+    for the true value); everything else is the identity, so linear bounds pass through it.
+    """
+
+    op_type = "KnownRange"
+
+    def interval(self, node: Node, x: Interval, *rest) -> Interval:
+        lo = float(node.attrs.get("lower", -math.inf))
+        hi = float(node.attrs.get("upper", math.inf))
+        return Interval(x.lo.clamp(min=lo) if lo > -math.inf else x.lo, x.hi.clamp(max=hi) if hi < math.inf else x.hi)

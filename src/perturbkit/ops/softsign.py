@@ -23,6 +23,10 @@ class SoftsignCurve(Curve):
         d = 1 + x.abs()
         return 1 / (d * d)
 
+    def d2f(self, x: Tensor) -> Tensor:
+        d = 1 + x.abs()
+        return -2 * torch.sign(x) / (d * d * d)
+
 
 SOFTSIGN = SoftsignCurve()
 

@@ -45,6 +45,14 @@ class SwishCurve(Curve):
         s = torch.sigmoid(y)
         return s * (1 + y * torch.sigmoid(-y))
 
+    def d2f(self, x: Tensor) -> Tensor:
+        return self.df_d2f(x)[1]
+
+    def df_d2f(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y = self.alpha * x
+        s, sn = torch.sigmoid(y), torch.sigmoid(-y)
+        return s * (1 + y * sn), self.alpha * s * sn * (2 + y * (1 - 2 * s))
+
     def ok(self, lo: Tensor, hi: Tensor) -> Tensor:
         lim = torch.finfo(lo.dtype).max ** 0.5 / max(1.0, abs(self.alpha))
         return finite_box(lo, hi) & (lo.abs() <= lim) & (hi.abs() <= lim)

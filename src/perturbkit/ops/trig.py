@@ -2,14 +2,15 @@
 
 ``sin(x + phi)`` (``phi = 0`` for Sin, ``pi / 2`` for Cos) has ``f'' = -f``: on
 ``(k pi - phi, (k + 1) pi - phi)`` it is concave for even ``k`` and convex for odd ``k``.  A box
-of width below ``2 pi`` meets at most three such pieces, found per element
-(:meth:`TrigCurve.pieces`: per-element curvature signs) and relaxed by
+of width below ``PERIODS * 2 pi`` meets at most ``2 PERIODS + 1`` such pieces, found per
+element (:meth:`TrigCurve.pieces`: per-element curvature signs) and relaxed by
 :class:`perturbkit.ops.curvature.Curve`, with slope 0 as one more CROWN candidate (the
-bitangent through two extrema, the one supporting line that the generic candidates miss).
-Breakpoints and extrema are located in float64 and rounded to the working precision, so they
-are the representable points nearest to the true ones.  Boxes of width ``>= 2 pi``, or with a
-bound beyond ``2^20`` in magnitude (where float32 has too few points per period to locate
-them), get the interval ``[-1, 1]`` as constant lines.  The interval includes ``+-1`` whenever
+bitangent through two extrema of equal value; other bitangents of two valleys are not
+candidates, so CROWN's line on a box spanning more than a period may be slightly short of
+the least-area one; it is always sound).  Breakpoints and extrema are located in float64
+and rounded to the working precision, so they are the representable points nearest to the
+true ones.  Wider boxes, or boxes with a bound beyond ``2^20`` in magnitude (where float32
+has too few points per period to locate them), get their interval as constant lines.  The interval includes ``+-1`` whenever
 a maximum / minimum ``pi / 2 - phi + 2 k pi`` / ``3 pi / 2 - phi + 2 k pi`` lies in the box.
 
 Shapes: elementwise, ``(*lead, *declared)``.
@@ -30,6 +31,8 @@ Tensor = torch.Tensor
 
 #: beyond this magnitude a box gets the interval [-1, 1]
 LIMIT = 2.0 ** 20
+#: boxes up to this many periods wide get lines (cost: 2 PERIODS + 1 pieces per element)
+PERIODS = 2
 
 
 class TrigCurve(Curve):
@@ -39,17 +42,19 @@ class TrigCurve(Curve):
         return finite_box(lo, hi) & (hi - lo < 2 * math.pi) & (lo.abs() <= LIMIT) & (hi.abs() <= LIMIT)
 
     def ok(self, lo: Tensor, hi: Tensor) -> Tensor:
-        return self._small(lo, hi)
+        return finite_box(lo, hi) & (hi - lo < PERIODS * 2 * math.pi) & (lo.abs() <= LIMIT) & (hi.abs() <= LIMIT)
 
     def pieces(self, l: Tensor, u: Tensor) -> tuple[list[Tensor], list[Sign]]:
         l64 = l.detach().double()
         k0 = torch.floor((l64 + self.phase) / math.pi)
-        b1 = ((k0 + 1) * math.pi - self.phase).to(l.dtype)
-        b2 = ((k0 + 2) * math.pi - self.phase).to(l.dtype)
+        pts = [l]
+        for j in range(1, 2 * PERIODS + 1):
+            b = ((k0 + j) * math.pi - self.phase).to(l.dtype)
+            pts.append(torch.maximum(torch.minimum(b, u), l))
+        pts.append(u)
         even = torch.remainder(k0, 2) == 0
         s_first = torch.where(even, -torch.ones_like(l), torch.ones_like(l))  # concave on even pieces
-        pts = [l, torch.maximum(torch.minimum(b1, u), l), torch.maximum(torch.minimum(b2, u), l), u]
-        return pts, [s_first, -s_first, s_first]
+        return pts, [s_first if j % 2 == 0 else -s_first for j in range(2 * PERIODS + 1)]
 
     def critical(self, l: Tensor, u: Tensor) -> list[Tensor]:
         l64 = l.detach().double()
@@ -79,6 +84,9 @@ class SinCurve(TrigCurve):
     def df(self, x: Tensor) -> Tensor:
         return torch.cos(x)
 
+    def d2f(self, x: Tensor) -> Tensor:
+        return -torch.sin(x)
+
 
 class CosCurve(TrigCurve):
     phase = math.pi / 2
@@ -88,6 +96,9 @@ class CosCurve(TrigCurve):
 
     def df(self, x: Tensor) -> Tensor:
         return -torch.sin(x)
+
+    def d2f(self, x: Tensor) -> Tensor:
+        return -torch.cos(x)
 
 
 SIN, COS = SinCurve(), CosCurve()

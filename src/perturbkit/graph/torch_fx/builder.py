@@ -53,7 +53,8 @@ def describe_error(e: BaseException) -> str:
 
 def _tol(ref: torch.Tensor) -> float:
     eps = torch.finfo(ref.dtype).eps if ref.is_floating_point() else 0.0
-    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    finite = ref[torch.isfinite(ref)] if ref.is_floating_point() else ref
+    scale = float(finite.abs().max()) if finite.numel() else 0.0
     return math.sqrt(eps) * (1.0 + scale)
 
 
@@ -63,7 +64,11 @@ def differ(got: torch.Tensor, ref: torch.Tensor) -> Optional[str]:
         return f"shape {tuple(got.shape)} instead of {tuple(ref.shape)}"
     if ref.numel() == 0:
         return None
-    d = float((got.to(ref.dtype) - ref).abs().max())
+    got = got.to(ref.dtype)
+    if not torch.equal(torch.isnan(got), torch.isnan(ref)):
+        return "NaN where PyTorch has a number (or the reverse)"
+    same = (got == ref) | torch.isnan(ref)  # equal infinities (masks) and NaNs where PyTorch has them
+    d = float(torch.where(same, torch.zeros_like(ref), (got - ref).abs()).max())
     if not d <= _tol(ref):
         return f"values differ by up to {d:.3g}"
     return None
