@@ -1,6 +1,7 @@
 """Tightness and speed of perturbkit's bounds on Transformer-era networks, against auto_LiRPA.
 
-    python bench/modern_bounds.py [--models a,b,...] [--runs 5] [--markdown OUT.md] [--lirpa PATH]
+    python bench/modern_bounds.py [--models a,b,...] [--runs 5] [--markdown OUT.md]
+                                  [--lirpa PATH --lirpa-python PYTHON]
 
 For every network of bench/modern_models.py (2-layer Transformer encoders, one attention layer
 with either softmax form, LSTM and GRU sequence classifiers, a GELU/SiLU/ELU MLP, the bundled
@@ -10,7 +11,9 @@ digits Transformer) and every method (IBP, CROWN, alpha-CROWN), a fresh process 
 * perturbkit: ``perturbkit.load(module)`` (and the ONNX export, ``torch.onnx.export`` opset 17,
   for the "onnx" column: same bounds expected), then one cold ``perturbkit.bounds`` call and
   the median of ``--runs`` warm calls (model loading excluded);
-* auto_LiRPA (optional oracle, when importable; ``--lirpa PATH`` puts PATH first on sys.path):
+* auto_LiRPA (optional oracle, when importable; ``--lirpa PATH`` puts PATH first on sys.path,
+  ``--lirpa-python`` runs it in another environment, e.g. one with auto_LiRPA 0.7.1 built from
+  its source, which PyPI does not offer):
   ``BoundedModule(model, x)``, then ``compute_bounds`` with IBP, CROWN, CROWN-Optimized
   (alpha-CROWN: 20 iterations, lr 0.5, its defaults for the rest); a failure is recorded with
   the first line of its message;
@@ -101,11 +104,14 @@ def _child(lib: str, name: str, method: str, runs: int) -> dict:
     return out
 
 
-def _spawn(lib: str, name: str, method: str, runs: int, lirpa: str | None) -> dict:
+def _spawn(lib: str, name: str, method: str, runs: int, lirpa: str | None, lirpa_python: str | None) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    if lirpa:
-        env["PYTHONPATH"] = lirpa + os.pathsep + env.get("PYTHONPATH", "")
-    p = subprocess.run([sys.executable, __file__, "--child", lib, name, method, str(runs)], capture_output=True,
+    python = sys.executable
+    if lib == "auto_LiRPA":
+        if lirpa:
+            env["PYTHONPATH"] = lirpa + os.pathsep + env.get("PYTHONPATH", "")
+        python = lirpa_python or python
+    p = subprocess.run([python, __file__, "--child", lib, name, method, str(runs)], capture_output=True,
                        text=True, env=env)
     lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
     if p.returncode != 0 or not lines:
@@ -114,11 +120,12 @@ def _spawn(lib: str, name: str, method: str, runs: int, lirpa: str | None) -> di
     return json.loads(lines[-1])
 
 
-def _lirpa_available(lirpa: str | None) -> bool:
+def _lirpa_available(lirpa: str | None, lirpa_python: str | None) -> bool:
     env = dict(os.environ)
     if lirpa:
         env["PYTHONPATH"] = lirpa + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-c", "import auto_LiRPA"], env=env, capture_output=True).returncode == 0
+    return subprocess.run([lirpa_python or sys.executable, "-c", "import auto_LiRPA"], env=env,
+                          capture_output=True).returncode == 0
 
 
 def main(argv=None) -> None:
@@ -128,6 +135,7 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--lirpa", default=None, help="a folder holding the auto_LiRPA package (put first on sys.path)")
+    ap.add_argument("--lirpa-python", default=None, help="the Python that runs auto_LiRPA (default: this one)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -139,11 +147,11 @@ def main(argv=None) -> None:
 
     names = args.models.split(",") if args.models else list(MODELS)
     methods = args.methods.split(",")
-    libs = ["perturbkit", "perturbkit-onnx"] + (["auto_LiRPA"] if _lirpa_available(args.lirpa) else [])
+    libs = ["perturbkit", "perturbkit-onnx"] + (["auto_LiRPA"] if _lirpa_available(args.lirpa, args.lirpa_python) else [])
     rows = []
     for name in names:
         for method in methods:
-            res = {lib: _spawn(lib, name, method, args.runs, args.lirpa) for lib in libs}
+            res = {lib: _spawn(lib, name, method, args.runs, args.lirpa, args.lirpa_python) for lib in libs}
             rows.append((name, method, res))
             print(json.dumps(res), file=sys.stderr)
     lines = ["| network | method | perturbkit width | onnx width | auto_LiRPA width | width ratio | perturbkit cold (warm) | "

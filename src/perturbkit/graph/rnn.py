@@ -43,6 +43,7 @@ import torch
 
 from perturbkit.errors import ModelError, UnsupportedOperatorError
 from perturbkit.graph.ir import Shape
+from perturbkit.ops.util import broadcast_shapes
 
 Tensor = torch.Tensor
 #: a runtime value (its name) or a constant (its tensor, declared shape, no leading dims)
@@ -131,7 +132,7 @@ class _Ops:
 
     def _absorbs(self, a: Value, zero: Value) -> bool:
         """``zero`` is a zero constant that broadcasting against ``a`` leaves ``a``'s shape."""
-        return _zero(zero) and torch.broadcast_shapes(self.shape(a), self.shape(zero)) == self.shape(a)
+        return _zero(zero) and broadcast_shapes(self.shape(a), self.shape(zero)) == self.shape(a)
 
     def node(self, op: str, vs: Sequence[Value], attrs: Optional[dict] = None, hint: str = "") -> str:
         return self.emit.node(op, [self.name(v) for v in vs], attrs or {}, hint=hint or op.lower())
@@ -151,7 +152,7 @@ class _Ops:
             return a * b
         if _zero(a) or _zero(b):
             dtype = (a if isinstance(a, Tensor) else b).dtype
-            return torch.zeros(torch.broadcast_shapes(self.shape(a), self.shape(b)), dtype=dtype)
+            return torch.zeros(broadcast_shapes(self.shape(a), self.shape(b)), dtype=dtype)
         return self.node("Mul", [a, b], hint=hint)
 
     def matmul(self, a: Value, W: Tensor, hint: str = "") -> Value:

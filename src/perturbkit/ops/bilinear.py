@@ -21,13 +21,15 @@ Shapes: runtime operands ``(*lead, *declared)``; a "fixed" operand in :meth:`tra
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from perturbkit.graph.ir import Node
 from perturbkit.ops.arith import Mul
 from perturbkit.ops.base import BilinearRule, Interval
 from perturbkit.ops.linear import MatMul
-from perturbkit.ops.util import align
+from perturbkit.ops.util import align, broadcast_shapes
 
 Tensor = torch.Tensor
 
@@ -83,8 +85,8 @@ class BilinearMatMul(BilinearRule):
         alo, ahi = (align(t.unsqueeze(-2) if va else t, pa, r) for t in (a.lo, a.hi))
         blo, bhi = (align(t.unsqueeze(-1) if vb else t, pb, r) for t in (b.lo, b.hi))
         M, K, N = pa[-2], pa[-1], pb[-1]
-        lead = torch.broadcast_shapes(alo.shape[:-2], blo.shape[:-2])
-        if torch.Size(lead).numel() * M * K * N <= _EXACT_MATMUL_ELEMENTS:
+        lead = math.prod(broadcast_shapes(alo.shape[:-2], blo.shape[:-2]))
+        if lead * M * K * N <= _EXACT_MATMUL_ELEMENTS:
             # (.., M, K, 1) x (.., 1, K, N): the exact range of every product, summed over K
             box = _corners(alo.unsqueeze(-1), ahi.unsqueeze(-1), blo.unsqueeze(-3), bhi.unsqueeze(-3))
             lo, hi = box.lo.sum(-2), box.hi.sum(-2)

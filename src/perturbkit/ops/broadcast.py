@@ -29,7 +29,7 @@ import torch
 from perturbkit.errors import UnsupportedOperatorError
 from perturbkit.graph.ir import Node, Shape
 from perturbkit.ops.base import AffineRule, Interval
-from perturbkit.ops.util import align, int_list, n_lead, unbroadcast
+from perturbkit.ops.util import align, broadcast_shapes, int_list, n_lead, unbroadcast
 
 Tensor = torch.Tensor
 
@@ -50,7 +50,7 @@ class Expand(AffineRule):
 
     def infer_shape(self, node: Node, *xs) -> Shape:
         try:
-            return tuple(torch.broadcast_shapes(tuple(node.in_shapes[0]), tuple(int_list(node.attrs["shape"]))))
+            return tuple(broadcast_shapes(tuple(node.in_shapes[0]), tuple(int_list(node.attrs["shape"]))))
         except RuntimeError:
             raise UnsupportedOperatorError(
                 f"Expand of shape {tuple(node.in_shapes[0])} to {int_list(node.attrs['shape'])} does not broadcast "
@@ -117,7 +117,7 @@ class Where(AffineRule):
     coordinatewise = False  # copies coordinates (module docstring)
 
     def infer_shape(self, node: Node, *xs) -> Shape:
-        return tuple(torch.broadcast_shapes(*(tuple(s) for s in node.in_shapes)))
+        return tuple(broadcast_shapes(*(tuple(s) for s in node.in_shapes)))
 
     def _select(self, node: Node, cond: Tensor, a: Tensor, b: Tensor) -> Tensor:
         r = len(node.out_shape)

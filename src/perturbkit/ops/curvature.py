@@ -46,7 +46,7 @@ import torch
 
 from perturbkit.graph.ir import Node
 from perturbkit.ops.base import ActivationRule, Interval, Line, Relaxation
-from perturbkit.ops.util import finite_box, rounding_slack
+from perturbkit.ops.util import broadcast_shapes, finite_box, rounding_slack
 
 Tensor = torch.Tensor
 Sign = Union[int, Tensor]  # curvature sign of a piece: static, or per element (periodic functions)
@@ -300,7 +300,7 @@ class Curve:
         """
         if not req:
             return []
-        shape = torch.broadcast_shapes(l.shape, u.shape)
+        shape = broadcast_shapes(l.shape, u.shape)
         cols = {k: [] for k in ("A", "B", "FA", "FB", "X0", "F0", "E", "D")}
         for d, j in req:
             for e, x0, f0 in ((1.0, l, fl), (-1.0, u, fu)):
@@ -354,7 +354,7 @@ class Curve:
         pairs), and bounded rigorously by the tangent of ``h = g - s x`` at the last iterate ``z``:
         ``h(z) - |h'(z)| max(z - a, b - z)`` over the final bracket ``[a, b]``.
         """
-        shape = torch.broadcast_shapes(*(s.shape for s in slopes), pts[0].shape)
+        shape = broadcast_shapes(*(s.shape for s in slopes), pts[0].shape)
         out = []
         for s, d in zip(slopes, ds):
             out.append(torch.stack(torch.broadcast_tensors(*(d * fv - s * p for p, fv in zip(pts, fp)))).amin(0))

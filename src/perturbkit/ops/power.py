@@ -38,7 +38,7 @@ from perturbkit.graph.ir import Node
 from perturbkit.ops.base import Interval, Line, Relaxation
 from perturbkit.ops.convex import ConvexCurve
 from perturbkit.ops.curvature import Curve, CurveRule
-from perturbkit.ops.util import finite_box
+from perturbkit.ops.util import broadcast_shapes, finite_box
 
 Tensor = torch.Tensor
 
@@ -148,7 +148,7 @@ class Affine:
         return Interval(lo, hi)
 
     def relax(self, lo: Tensor, hi: Tensor, alpha=None) -> Relaxation:
-        shape = lo.shape if alpha is None else torch.broadcast_shapes(lo.shape, alpha.shape)
+        shape = lo.shape if alpha is None else broadcast_shapes(lo.shape, alpha.shape)
         line = Line(torch.full(shape, self.slope, dtype=lo.dtype, device=lo.device),
                     torch.full(shape, self.intercept, dtype=lo.dtype, device=lo.device))
         return Relaxation(lower=line, upper=line)

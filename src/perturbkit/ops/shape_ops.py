@@ -12,7 +12,7 @@ import torch
 from perturbkit.errors import UnsupportedOperatorError
 from perturbkit.graph.ir import Node, Shape
 from perturbkit.ops.base import AffineRule, Interval
-from perturbkit.ops.util import int_list, n_lead, norm_axis
+from perturbkit.ops.util import broadcast_shapes, int_list, n_lead, norm_axis
 
 Tensor = torch.Tensor
 
@@ -56,7 +56,7 @@ class Concat(AffineRule):
 
     def _cat(self, node: Node, xs: list[Tensor]) -> Tensor:
         leads = [x.shape[:n_lead(x, s)] for x, s in zip(xs, node.in_shapes)]
-        lead = torch.broadcast_shapes(*leads)
+        lead = broadcast_shapes(*leads)
         xs = [x.expand(*lead, *s) for x, s in zip(xs, node.in_shapes)]
         return torch.cat(xs, dim=len(lead) + self._axis(node))
 

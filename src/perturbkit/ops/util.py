@@ -37,6 +37,21 @@ def unbroadcast(A: torch.Tensor, out_shape: Shape, in_shape: Shape) -> torch.Ten
     return A.reshape((*A.shape[:k], *in_shape))
 
 
+def broadcast_shapes(*shapes) -> tuple[int, ...]:
+    """numpy broadcasting of shapes (``torch.broadcast_shapes`` imports sympy on first use,
+    a third of a second)."""
+    rank = max((len(s) for s in shapes), default=0)
+    out = [1] * rank
+    for s in shapes:
+        for i, d in enumerate(s, start=rank - len(s)):
+            d = int(d)
+            if d != 1:
+                if out[i] not in (1, d):
+                    raise ValueError(f"shapes {[tuple(x) for x in shapes]} do not broadcast")
+                out[i] = d
+    return tuple(out)
+
+
 def numel(shape: Shape) -> int:
     return math.prod(shape)
 
