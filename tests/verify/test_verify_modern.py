@@ -116,3 +116,21 @@ def test_known_answers_and_checked_counterexamples(exported, name):
     # unsat: the threshold is far above anything the box reaches
     r = pk.verify(net, _prop(lo, hi, 0, float(y[:, 0].max()) + 2.0 * span + 0.05), timeout=30)
     assert r.verdict == "unsat", r.verdict
+
+
+@pytest.mark.parametrize("name", ["gelu_mlp", "silu_mlp", "elu_mlp"])
+def test_input_splitting_without_relus(exported, name):
+    """A threshold just above the sampled maximum needs branch and bound on the inputs (one
+    bound on the whole box does not prove it); these networks have no ReLU to split."""
+    path = exported[name]
+    net = pk.load(path)
+    n = N_IN[name]
+    rng = np.random.default_rng(1)
+    c = rng.uniform(-0.5, 0.5, n)
+    r = 0.6 if n <= 4 else 0.3
+    lo, hi = c - r, c + r
+    y = _grid_outputs(path, lo, hi, 5 if n > 4 else 8)
+    span = float(y[:, 0].max() - y[:, 0].min())
+    r = pk.verify(net, _prop(lo, hi, 0, float(y[:, 0].max()) + 0.1 * span), timeout=60)
+    assert r.verdict == "unsat", r.verdict
+    assert r.stats["boxes"] > 1  # it did split

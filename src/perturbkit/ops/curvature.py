@@ -143,7 +143,7 @@ class Curve:
     extrema: ClassVar[tuple[float, ...]] = ()
     smooth: ClassVar[bool] = True
     #: safeguarded Newton iterations of the one-dimensional solves (each falls back to bisection)
-    steps: ClassVar[int] = 6
+    steps: ClassVar[int] = 10
 
     # -- the function ------------------------------------------------------------------------
     def f(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -277,6 +277,7 @@ class Curve:
         iterate and the bracket around the root that contains it.
         """
         with torch.no_grad():
+            lo_end, hi_end = a, b  # the piece's ends: never an iterate (f' may jump there)
             for _ in range(self.steps):
                 v, dv = phi(z)
                 neg = v < 0
@@ -284,7 +285,7 @@ class Curve:
                 b = torch.where(neg, b, z)
                 pos = dv > 0
                 zn = z - v / torch.where(pos, dv, torch.ones_like(dv))
-                take = pos & (zn > a) & (zn < b)
+                take = pos & (zn >= a) & (zn <= b) & (zn > lo_end) & (zn < hi_end)
                 z = torch.where(take, zn, a + (b - a) / 2)
         return z, a, b
 

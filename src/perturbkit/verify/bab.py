@@ -278,7 +278,7 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
         # split: a neuron where few are left unstable (and a cut slot is free), else an input
         children = []
         relu = torch.zeros(len(bx), dtype=torch.bool)
-        if config.relu_split:
+        if config.relu_split and neurons.nodes:  # (a network without ReLUs splits inputs only)
             unstable, score = _neuron_scores(ctx, neurons, sel, margin, per_clause, owner)
             relu = (unstable <= config.relu_split) & (unstable > 0) & (bx.used < K)
             if bool(relu.any()):
