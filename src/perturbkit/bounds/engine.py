@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from perturbkit.bounds.bilinear import bilinear_backward
+from perturbkit.bounds.precision import relax as precise_relax
 from perturbkit.graph.ir import Node
 from perturbkit.graph.network import Network
 from perturbkit.ops.base import Interval, Line, Relaxation
@@ -324,7 +325,7 @@ def relaxation_of(ctx: Context, node: Node) -> Relaxation:
         rule = rule_for(node, ctx.graph.source)
         x = ctx.intervals[node.inputs[0]]
         consts = [ctx.consts[i] for i in node.inputs[1:]]
-        rel = rule.relax(node, x.lo, x.hi, *consts)
+        rel = precise_relax(rule, node, x.lo, x.hi, consts)
         ctx.relaxations[node.name] = rel
     return rel
 
@@ -407,7 +408,7 @@ def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = No
             if alphas is not None and node.name in alphas:
                 x = ctx.intervals[node.inputs[0]]
                 consts = [ctx.consts[i] for i in node.inputs[1:]]
-                rel = rule.relax_alpha(node, x.lo.unsqueeze(1), x.hi.unsqueeze(1), alphas[node.name], *consts)
+                rel = precise_relax(rule, node, x.lo.unsqueeze(1), x.hi.unsqueeze(1), consts, alphas[node.name])
                 zl = rel.lower.intercept.dim() == 0 and not bool(rel.lower.intercept)
                 zu = rel.upper.intercept.dim() == 0 and not bool(rel.upper.intercept)
             else:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from perturbkit.bounds.engine import Context, backward, relaxation_of
+from perturbkit.bounds.precision import relax as precise_relax
 from perturbkit.ops.registry import rule_for
 
 Tensor = torch.Tensor
@@ -206,7 +207,7 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
             if node.name not in alphas:
                 a0 = rule.alpha_init(node, lo_g, hi_g, *consts)
                 alphas[node.name] = a0.expand(B, *P.data.shape[1:]).clone().requires_grad_(True)
-            rel = rule.relax_alpha(node, lo_g, hi_g, alphas[node.name], *consts)
+            rel = precise_relax(rule, node, lo_g, hi_g, consts, alphas[node.name])
             Ap = P.data.clamp(min=0)
             An = P.data - Ap
             for part, line in ((Ap, rel.lower), (An, rel.upper)):

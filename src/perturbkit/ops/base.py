@@ -151,6 +151,10 @@ class ActivationRule(OpRule):
     """An elementwise function of input 0 (other inputs are constants)."""
 
     kind = "activation"
+    #: the lines come from evaluating the function (not exact piecewise-linear algebra): for
+    #: float32 bounds the engine computes them in float64 and rounds them outward once
+    #: (:mod:`perturbkit.bounds.precision`), far tighter than float32 rounding margins
+    lines_in_float64: ClassVar[bool] = False
 
     def interval(self, node: Node, x: Interval, *consts) -> Interval:
         """Default for monotone non-decreasing functions."""

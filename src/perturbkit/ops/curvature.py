@@ -143,7 +143,9 @@ class Curve:
     extrema: ClassVar[tuple[float, ...]] = ()
     smooth: ClassVar[bool] = True
     #: safeguarded Newton iterations of the one-dimensional solves (each falls back to bisection)
-    steps: ClassVar[int] = 10
+    steps: ClassVar[int] = 12
+    #: of which the first are bisection steps (a good start for Newton on wide pieces)
+    bisect_first: ClassVar[int] = 4
 
     # -- the function ------------------------------------------------------------------------
     def f(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -278,14 +280,14 @@ class Curve:
         """
         with torch.no_grad():
             lo_end, hi_end = a, b  # the piece's ends: never an iterate (f' may jump there)
-            for _ in range(self.steps):
+            for k in range(self.steps):
                 v, dv = phi(z)
                 neg = v < 0
                 a = torch.where(neg, z, a)
                 b = torch.where(neg, b, z)
                 pos = dv > 0
                 zn = z - v / torch.where(pos, dv, torch.ones_like(dv))
-                take = pos & (zn >= a) & (zn <= b) & (zn > lo_end) & (zn < hi_end)
+                take = pos & (zn >= a) & (zn <= b) & (zn > lo_end) & (zn < hi_end) & (k >= self.bisect_first)
                 z = torch.where(take, zn, a + (b - a) / 2)
         return z, a, b
 

@@ -40,6 +40,7 @@ Tensor = torch.Tensor
 class SShaped(ActivationRule):
     """``f(x) = a * sigmoid(k * x) + b`` with ``a, k > 0``."""
 
+    lines_in_float64 = True
     a: ClassVar[float] = 1.0
     k: ClassVar[float] = 1.0
     b: ClassVar[float] = 0.0
