@@ -365,8 +365,9 @@ class Curve:
         if not lanes:
             return out
         L = len(lanes)
-        A = torch.stack([pts[j] for _, j in lanes])
-        B = torch.stack([pts[j + 1] for _, j in lanes])
+        pad = (1,) * (len(shape) - pts[0].dim())  # piece points broadcast against the slopes' shape
+        A = torch.stack([pts[j] for _, j in lanes]).reshape(L, *pad, *pts[0].shape)
+        B = torch.stack([pts[j + 1] for _, j in lanes]).reshape(L, *pad, *pts[0].shape)
         D = torch.tensor([float(ds[r]) for r, _ in lanes], dtype=A.dtype, device=A.device).view((L,) + (1,) * (A.dim() - 1))
         with torch.no_grad():
             gA, gB = self._inside_slopes(A, B)
