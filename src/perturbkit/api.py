@@ -26,7 +26,7 @@ def load(model: Union[str, os.PathLike, torch.nn.Module, Network], example_input
             (returned as is).
         example_input: for a module, one input batch ``(1, *sample_shape)`` used to trace it.
         forward_only: (ONNX) also accept operators perturbkit can execute but not bound (e.g.
-            a final Softmax; see :mod:`perturbkit.ops.forward_only`): enough for attacks;
+            a Floor or Ceil; see :mod:`perturbkit.ops.forward_only`): enough for attacks;
             bounds and verification on such a network raise an error naming the operator.
     """
     if isinstance(model, Network):
