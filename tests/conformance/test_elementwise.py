@@ -80,22 +80,24 @@ def test_pow2_and_sqrt_hand_cases():
 
 
 def test_gelu_split_at_inflection_points():
-    pts, signs = GELU.pieces(t(-3.0, -4.0), t(3.0, -1.0))
-    torch.testing.assert_close(torch.stack(pts[1:3]).T, t(-math.sqrt(2), math.sqrt(2), -math.sqrt(2), -1.0).view(2, 2),
-                               **EXACT)
+    pts, signs = GELU.pieces(t(-3.0, -4.0, -4.0), t(3.0, 0.0, -1.0))
+    torch.testing.assert_close(torch.stack(pts[1:3]).T, t(-math.sqrt(2), math.sqrt(2), -math.sqrt(2), 0.0,
+                                                          -math.sqrt(2), -1.0).view(3, 2), **EXACT)
     assert signs == [-1, 1, -1]
-    R = GELU.relax(t(-3.0, -4.0), t(3.0, -1.0))
+    R = GELU.relax(t(-3.0, -4.0, -4.0), t(3.0, 0.0, -1.0))
     # [-3, 3]: x / 2 (the tangent at 0) is below x Phi(x) everywhere and touches at the midpoint
     torch.testing.assert_close(R.lower.slope[0], t(0.5)[0], **EXACT)
     torch.testing.assert_close(R.lower.intercept[0], t(0.0)[0], **EXACT)
-    # [-4, -1]: concave then convex; the lower line runs from (l, f(l)) to a tangent point in the
-    # convex piece (-sqrt 2, -1), the upper line is the chord of the concave hull
-    x = torch.linspace(-4.0, -1.0, 30001, dtype=F64)
+    # [-4, 0]: concave then convex; the lower line runs from (l, f(l)) to a tangent point in the
+    # convex piece (-sqrt 2, 0), near -0.894
+    x = torch.linspace(-4.0, 0.0, 40001, dtype=F64)
     gap = GELU.f(x) - (R.lower.slope[1] * x + R.lower.intercept[1])
     assert float(gap[0]) < 1e-12 and float(gap.min()) >= 0
-    touch = x[1:][gap[1:].argmin()]
-    assert -math.sqrt(2) < touch < -1.0 and float(gap[1:].min()) < 1e-9
-    assert float((R.upper.slope[1] * x + R.upper.intercept[1] - GELU.f(x)).min()) >= 0
+    touch = float(x[1:][gap[1:].argmin()])
+    assert abs(touch + 0.894) < 1e-3 and float(gap[1:].min()) < 1e-9
+    # [-4, -1]: the convex piece is too short to be touched: the lower line is the chord
+    f_l, f_u = GELU.f(t(-4.0, -1.0))
+    torch.testing.assert_close(R.lower.slope[2], (f_u - f_l) / 3, **EXACT)
 
 
 def test_hardsigmoid_kink_chords():
@@ -186,7 +188,10 @@ def grid(curve: Curve, l: float, u: float, n: int = 4001) -> torch.Tensor:
 
 def best_value_at_midpoint(gx: torch.Tensor, x: torch.Tensor, m: float) -> float:
     """``max_s min_x (g(x) - s x) + s m`` on the grid: concave in ``s``, found by golden-section search."""
-    slopes = torch.diff(gx) / torch.diff(x)
+    dx = torch.diff(x)
+    if not bool((dx > 0).any()):  # a point box: the value itself
+        return float(gx[0])
+    slopes = torch.diff(gx)[dx > 0] / dx[dx > 0]
     a, b = float(slopes.min()), float(slopes.max())
 
     def value(s):
@@ -264,10 +269,10 @@ def test_interval_is_the_exact_range(case):
         lo, hi = torch.where(c > 0, lo.clamp(min=1e-3), lo), torch.where(c > 0, hi, hi.clamp(max=-1e-3))
     nd = dataclasses.replace(nd, in_shapes=((200,), *nd.in_shapes[1:]), out_shape=(200,))
     box = rule.interval(nd, Interval(lo, hi), *consts)
-    x = lo + torch.linspace(0, 1, 20001, dtype=F64).view(-1, 1) * (hi - lo)
-    if getattr(rule.curve(nd, *consts), "extrema", ()):
-        ext = torch.tensor(rule.curve(nd, *consts).extrema, dtype=F64).view(-1, 1).expand(-1, 200)
-        x = torch.cat([x, torch.minimum(torch.maximum(ext, lo), hi)])
+    x = torch.minimum(lo + torch.linspace(0, 1, 20001, dtype=F64).view(-1, 1) * (hi - lo), hi)
+    curve = rule.curve(nd, *consts)
+    if isinstance(curve, Curve) and curve.critical(lo, hi):  # the extrema themselves
+        x = torch.cat([x, torch.stack(curve.critical(lo, hi)).view(-1, 200)])
     y = rule.forward(nd, x, *consts)
     scale = 1 + y.abs().amax(0)
     assert (box.lo <= y.amin(0)).all() and (box.hi >= y.amax(0)).all()

@@ -58,11 +58,11 @@ class Interval:
 
     @property
     def mid(self) -> Tensor:
-        return (self.hi + self.lo) / 2
+        return self.hi / 2 + self.lo / 2  # (halved first: no overflow at +-finfo.max)
 
     @property
     def rad(self) -> Tensor:
-        return (self.hi - self.lo) / 2
+        return self.hi / 2 - self.lo / 2
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,11 @@ domain, and hold there:
 * Tangent points avoid a pole or an infinite-derivative end (Sqrt at 0): the tangent range
   of a box ``[0, u]`` is ``[u / 256, u]`` (mirrored on the left).
 
-Boxes with a huge bound (beyond :meth:`ConvexCurve.ok`) and lines that come out non-finite
-(overflow) get the constant lines of the interval.  Computations run on sanitised inputs
+Boxes with a huge bound (beyond :meth:`ConvexCurve.ok`), boxes within
+:meth:`ConvexCurve.tiny_box` of a pole or singular edge (there ``f''`` of the tangent points,
+hence alpha-CROWN's gradients, would overflow) and lines that come out non-finite (overflow)
+get the constant lines of the interval.  Intervals are pushed outward by 4 ulps of ``|f|``
+(and, for powers, of ``|x f'(x)|``: ``pow`` rounds ``p log x`` inside).  Computations run on sanitised inputs
 (the box ``[1, 2]`` elsewhere), so no NaN reaches a line or a gradient.
 
 Shapes: ``lo``, ``hi``: ``(*lead, *declared)``; ``alpha`` broadcasts with them; the lines have the
@@ -46,7 +49,7 @@ from typing import ClassVar, Optional
 import torch
 
 from perturbkit.ops.base import Interval, Relaxation
-from perturbkit.ops.curvature import clamp_to, constant_lines, grad_safe, margin, outward
+from perturbkit.ops.line_util import clamp_to, constant_lines, grad_safe, margin, outward
 from perturbkit.ops.util import finite_box, rounding_slack
 
 Tensor = torch.Tensor

@@ -50,6 +50,7 @@ def elu_curve(alpha: float, gamma: float) -> EluCurve:
 
 class Elu(CurveRule):
     op_type = "Elu"
+    lines_in_float64 = True
 
     def curve(self, node: Node, *consts) -> EluCurve:
         return elu_curve(float(node.attrs.get("alpha", 1.0)), 1.0)
@@ -57,6 +58,7 @@ class Elu(CurveRule):
 
 class Selu(CurveRule):
     op_type = "Selu"
+    lines_in_float64 = True
 
     def curve(self, node: Node, *consts) -> EluCurve:
         return elu_curve(float(node.attrs.get("alpha", SELU_ALPHA)), float(node.attrs.get("gamma", SELU_GAMMA)))

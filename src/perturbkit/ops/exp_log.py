@@ -66,6 +66,7 @@ EXP, LOG = ExpCurve(), LogCurve()
 
 class Exp(CurveRule):
     op_type = "Exp"
+    lines_in_float64 = True
 
     def curve(self, node: Node, *consts) -> ExpCurve:
         return EXP

@@ -96,6 +96,7 @@ _GELU = {"none": GELU, "tanh": GELU_TANH}
 
 class Erf(CurveRule):
     op_type = "Erf"
+    lines_in_float64 = True
 
     def curve(self, node: Node, *consts) -> ErfCurve:
         return ERF
@@ -103,6 +104,7 @@ class Erf(CurveRule):
 
 class Gelu(CurveRule):
     op_type = "Gelu"
+    lines_in_float64 = True
 
     def curve(self, node: Node, *consts) -> Curve:
         mode = attr_str(node, "approximate", "none")

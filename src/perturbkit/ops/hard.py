@@ -79,6 +79,7 @@ class HardSigmoid(CurveRule):
 
 class HardSwish(CurveRule):
     op_type = "HardSwish"
+    lines_in_float64 = True
 
     def curve(self, node: Node, *consts) -> HardSwishCurve:
         return HARD_SWISH

@@ -65,6 +65,7 @@ def swish_curve(alpha: float) -> SwishCurve:
 
 class Swish(CurveRule):
     op_type = "Swish"
+    lines_in_float64 = True
 
     def curve(self, node: Node, *consts) -> SwishCurve:
         return swish_curve(float(node.attrs.get("alpha", 1.0)))

@@ -106,6 +106,7 @@ SIN, COS = SinCurve(), CosCurve()
 
 class Sin(CurveRule):
     op_type = "Sin"
+    lines_in_float64 = True
 
     def curve(self, node: Node, *consts) -> SinCurve:
         return SIN
@@ -113,6 +114,7 @@ class Sin(CurveRule):
 
 class Cos(CurveRule):
     op_type = "Cos"
+    lines_in_float64 = True
 
     def curve(self, node: Node, *consts) -> CosCurve:
         return COS
