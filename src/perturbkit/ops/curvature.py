@@ -222,7 +222,13 @@ class Curve:
                 pos = dv > 0
                 zn = z - v / torch.where(pos, dv, torch.ones_like(dv))
                 take = pos & (zn >= a) & (zn <= b) & (zn > lo_end) & (zn < hi_end) & (k >= self.bisect_first)
-                z = torch.where(take, zn, a + (b - a) / 2)
+                z_new = torch.where(take, zn, a + (b - a) / 2)
+                # converged everywhere (Newton steps below a few ulps): the rest would not move
+                done = k >= self.bisect_first and bool(take.all()) and bool(
+                    ((z_new - z).abs() <= 4 * torch.finfo(z.dtype).eps * (1 + z.abs())).all())
+                z = z_new
+                if done:
+                    break
             v, _ = phi(z)
             z = torch.where(v.abs() < best_v, z, best)  # the iterate nearest to the root (all lie in [a, b])
         return z, a, b
