@@ -126,3 +126,36 @@ def test_keys_and_errors(mlp):
         pk.bounds(net, ball, weights={"0.weight": -1.0})
     with pytest.raises(InputError, match="given twice"):
         pk.bounds(net, ball, weights={"0": 0.1, "0.weight": 0.1})
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_conv_weights_and_biases(dims):
+    """A Conv with a perturbed weight (BilinearConv) and bias: eps 0 gives the input-only
+    bounds; sound by sampling inputs, weights and biases jointly."""
+    torch.manual_seed(3)
+    conv = torch.nn.Conv2d(2, 3, 3, stride=2, padding=1) if dims == 2 else torch.nn.Conv1d(2, 3, 3, padding=2,
+                                                                                           dilation=2)
+    x = torch.randn(2, 2, 6, 6, dtype=F64) if dims == 2 else torch.randn(2, 2, 7, dtype=F64)
+    m = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(4)).double()
+    m(x)
+    net = pk.load(m, example_input=x[:1])
+    ball = pk.sets.LpBall(x, 0.05)
+    g = torch.Generator().manual_seed(4)
+    W, b = conv.weight.detach().clone(), conv.bias.detach().clone()
+    for method in ("ibp", "crown", "alpha-crown"):
+        b0 = pk.bounds(net, ball, method=method)
+        bz = pk.bounds(net, ball, method=method, weights={"0.weight": 0.0, "0.bias": 0.0})
+        torch.testing.assert_close(bz.lower, b0.lower, rtol=1e-10, atol=1e-10)
+        bw = pk.bounds(net, ball, method=method, weights={"0.weight": 0.05, "0.bias": 0.05})
+        for k in range(200):
+            corner = k < 100
+            with torch.no_grad():
+                for p, v in ((conv.weight, W), (conv.bias, b)):
+                    u = torch.rand(v.shape, generator=g, dtype=F64)
+                    p.copy_(v + 0.05 * (torch.where(u < 0.5, -1.0, 1.0) if corner else 2 * u - 1))
+                u = torch.rand(x.shape, generator=g, dtype=F64)
+                y = m(x + 0.05 * (torch.where(u < 0.5, -1.0, 1.0) if corner else 2 * u - 1))
+            assert (y >= bw.lower - 1e-9).all() and (y <= bw.upper + 1e-9).all(), method
+        with torch.no_grad():
+            conv.weight.copy_(W)
+            conv.bias.copy_(b)

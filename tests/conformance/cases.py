@@ -42,11 +42,15 @@ ATTR_INPUTS: Mapping[str, tuple[str, ...]] = {
     "Tile": ("repeats",),
 }
 #: perturbkit op types that lowering makes out of ONNX ops: the ONNX op of their one-node model
-ONNX_OP: Mapping[str, str] = {"BilinearMul": "Mul", "BilinearMatMul": "MatMul", "KnownRange": "Identity"}
+ONNX_OP: Mapping[str, str] = {"BilinearMul": "Mul", "BilinearMatMul": "MatMul", "BilinearConv": "Conv",
+                              "KnownRange": "Identity"}
+#: their attributes that ONNX does not have (dropped from the one-node model)
+INTERNAL_ATTRS: Mapping[str, tuple[str, ...]] = {"BilinearMatMul": ("stochastic_rows",),
+                                                 "KnownRange": ("lower", "upper")}
 #: attribute-inputs that carry the data type of the model (the others are int64).
 FLOAT_ATTR_INPUTS = {("Clip", "min"), ("Clip", "max"), ("Pad", "constant_value")}
 #: ops whose ONNX Runtime CPU kernels exist only for float32: compared at float32 tolerance.
-ORT_FLOAT32_ONLY = {"Conv", "ConvTranspose", "Softplus", "AveragePool", "GlobalAveragePool",
+ORT_FLOAT32_ONLY = {"Conv", "BilinearConv", "ConvTranspose", "Softplus", "AveragePool", "GlobalAveragePool",
                     "Erf", "Gelu", "Elu", "Selu", "HardSigmoid", "HardSwish", "Softsign"}
 
 _gen = torch.Generator().manual_seed(20240601)
@@ -311,7 +315,7 @@ def onnx_model(case: Case, dtype: np.dtype) -> onnx.ModelProto:
             inits.append(numpy_helper.from_array(_np(c, np.bool_ if c.dtype == torch.bool else dtype), name))
         else:
             graph_inputs.append(helper.make_tensor_value_info(name, elem, list(s)))
-    attrs = {} if case.op_type in ONNX_OP else dict(case.attrs)  # internal attributes have no ONNX spelling
+    attrs = {k: v for k, v in case.attrs.items() if k not in INTERNAL_ATTRS.get(case.op_type, ())}
     for key in ATTR_INPUTS.get(case.op_type, ()):
         v = attrs.pop(key, None)
         if v is None:

@@ -21,6 +21,9 @@ BOUND_CASES = [
     _c("bmatmul_vec_mat", "BilinearMatMul", [(4,), (4, 3)]),
     _c("bmatmul_mat_vec", "BilinearMatMul", [(3, 4), (4,)]),
     _c("bmatmul_dot", "BilinearMatMul", [(4,), (4,)]),
+    _c("bconv2d", "BilinearConv", [(1, 2, 5, 5), (3, 2, 3, 3)], {"strides": [2, 2], "pads": [1, 0, 1, 1]}, scale=1.0),
+    _c("bconv2d_dil", "BilinearConv", [(1, 1, 6, 6), (2, 1, 2, 2)], {"dilations": [2, 2]}, scale=1.0),
+    _c("bconv1d", "BilinearConv", [(1, 2, 7), (2, 2, 3)], {"pads": [2, 1], "dilations": [2]}, scale=1.0),
     # ---- max / min ------------------------------------------------------------------------------
     _c("reducemax_last", "ReduceMax", [(2, 3, 4)], {"axes": _ints(-1)}, opset=18),
     _c("reducemax_0_2_nokeep", "ReduceMax", [(2, 3, 4)], {"axes": _ints(0, 2), "keepdims": 0}, opset=18),

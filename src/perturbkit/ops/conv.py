@@ -99,7 +99,39 @@ class Conv(AffineRule):
         return y.reshape((*lead, *in_shape[:-nd - 1], *y.shape[1:]))
 
     def forward(self, node: Node, x: torch.Tensor, W: torch.Tensor, b=None) -> torch.Tensor:
+        if W.dim() > len(node.in_shapes[1]) or (b is not None and b.dim() > len(node.in_shapes[2])):
+            return self._lowered_forward(node, x, W, b)  # a perturbed weight or bias (before lowering)
         return self._conv(node, x, W, b)
+
+    def _lowered_forward(self, node: Node, x, W, b):
+        from perturbkit.ops.bilinear_conv import BilinearConv
+
+        y = BilinearConv().forward(node, x, W) if W.dim() > len(node.in_shapes[1]) else self._conv(node, x, W, None)
+        if b is None:
+            return y
+        nd = len(node.in_shapes[1]) - 2
+        return y + b.reshape((*b.shape[:b.dim() - 1], b.shape[-1], *([1] * nd)))
+
+    def lower(self, node: Node, runtime, emit) -> bool:
+        """A perturbed weight -> BilinearConv; a perturbed bias -> an Add after the Conv."""
+        w_rt = runtime[1]
+        b_rt = len(runtime) > 2 and runtime[2]
+        if not (w_rt or b_rt):
+            return False
+        if not runtime[0]:
+            raise UnsupportedOperatorError(f"Conv of a constant input by a perturbed weight at {node.where()}")
+        x, W = node.inputs[0], node.inputs[1]
+        has_bias = len(node.inputs) > 2 and node.inputs[2]
+        last = {} if has_bias else {"output": node.output}
+        attrs = dict(node.attrs)
+        y = (emit.node("BilinearConv", [x, W], attrs, hint="product", **last) if w_rt
+             else emit.node("Conv", [x, W], attrs, hint="conv", **last))
+        if has_bias:
+            nd = len(node.in_shapes[1]) - 2
+            shape = torch.tensor([node.in_shapes[1][0]] + [1] * nd, dtype=torch.int64)
+            bias = emit.node("Reshape", [node.inputs[2]], {"shape": shape}, hint="bias")
+            emit.node("Add", [y, bias], output=node.output)
+        return True
 
     def local_geometry(self, node: Node, W: torch.Tensor) -> dict:
         """Geometry for the engine's patch (local coefficient) mode: a 2-D convolution maps

@@ -13,7 +13,7 @@ from perturbkit.graph.ir import Node
 from perturbkit.ops import abs as abs_
 from perturbkit.ops import (arith, batchnorm, clip, conv, convtranspose, indexing, linear, pool, reduce, relu,
                             reshape, shape_ops, sigmoid, softplus)
-from perturbkit.ops import bilinear, embedding, layernorm, minmax, softmax
+from perturbkit.ops import bilinear, bilinear_conv, embedding, layernorm, minmax, softmax
 from perturbkit.ops import broadcast
 from perturbkit.ops import elu, exp_log, gelu, hard, power, softsign, swish, trig
 from perturbkit.ops.base import OpRule
@@ -67,6 +67,7 @@ _RULES: dict[str, OpRule] = {
     "ReduceMin": reduce.ReduceMin(),
     "BilinearMul": bilinear.BilinearMul(),
     "BilinearMatMul": bilinear.BilinearMatMul(),
+    "BilinearConv": bilinear_conv.BilinearConv(),
     "Softmax": softmax.Softmax(),
     "LogSoftmax": softmax.LogSoftmax(),
     "MaskedSoftmax": softmax.MaskedSoftmax(),
@@ -89,7 +90,7 @@ RULES: Mapping[str, OpRule] = MappingProxyType(_RULES)
 
 
 #: op types that only lowering creates (graph/lower.py): not part of the supported vocabulary
-INTERNAL = frozenset({"BilinearMul", "BilinearMatMul", "TableLookup", "MaskedSoftmax", "KnownRange"})
+INTERNAL = frozenset({"BilinearMul", "BilinearMatMul", "BilinearConv", "TableLookup", "MaskedSoftmax", "KnownRange"})
 
 
 def supported() -> list[str]:
