@@ -25,7 +25,7 @@ def test_accuracy_and_sound_certificates():
     alpha = pk.bounds(net, ball, method="alpha-crown", C=C, alpha=AlphaConfig(optimize_intermediate=False))
     assert (alpha.lower >= crown.lower - 1e-6).all()
     certified = (alpha.lower > 0).all(1)
-    assert int(certified.sum()) >= 8  # most of them (14 of 16 when measured)
+    assert int(certified.sum()) >= 8  # most of them (15 of 16 when measured)
     # no certified digit is broken, and PGD's points and random samples respect the margin bounds
     r = PGD(ThreatModel(eps=eps, domain=(0, 1)), steps=20, restarts=2, seed=0)(net, xs, ys)
     assert not bool((r.success & certified).any())
