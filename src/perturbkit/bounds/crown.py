@@ -62,13 +62,18 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> dict[str, torch.Tensor]:
     """
     need = _needs_bounds(ctx)
     tightened: dict[str, torch.Tensor] = {}
+    full: set[str] = set(ctx.linear_prefix)  # values whose interval is as tight as their CROWN bound
     for node in ctx.graph.nodes:
         # prior bounds first: an element they already make stable needs no CROWN pass.  A
         # linear value that needs an exact range and feeds a nonlinearity gets it here, only
         # for the elements that are unstable (the backward pass is exact on it).
-        # (an interval-only node's output: its interval is all a linear bound could say)
-        by_mask = mode == "crown" and node.output in need and rule_for(node, ctx.graph.source).kind != "interval" and (
-            node.output not in ctx.linear_prefix or node.output in ctx.exact_linear)
+        # (an interval-only node's output: its interval is all a linear bound could say; the
+        # output of a monotone function of a value with CROWN bounds everywhere, too: see
+        # _crown_adds_nothing)
+        rule = rule_for(node, ctx.graph.source)
+        by_mask = (mode == "crown" and node.output in need and rule.kind != "interval"
+                   and not _crown_adds_nothing(rule, node, full)
+                   and (node.output not in ctx.linear_prefix or node.output in ctx.exact_linear))
         itv = with_prior(ctx, node.output, interval_of(ctx, node, exact=not by_mask))
         if by_mask:
             mask = _unstable_mask(ctx, need[node.output], itv)
@@ -76,8 +81,20 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> dict[str, torch.Tensor]:
             if idx.numel():
                 itv = tighten(ctx, node.output, itv, idx, mask=mask)
                 tightened[node.output] = idx
+                if idx.numel() == itv.lo[0].numel():
+                    full.add(node.output)
         ctx.intervals[node.output] = with_prior(ctx, node.output, itv)
     return tightened
+
+
+def _crown_adds_nothing(rule, node, full: set[str]) -> bool:
+    """CROWN cannot tighten ``y = f(z)`` for a monotone elementwise ``f`` once every element
+    of ``z`` has bounds at least as tight as its own CROWN bounds: the relaxation's lower line
+    ``L`` is monotone like ``f``, and the backward pass from ``y`` is ``L`` applied to a linear
+    lower bound of ``z``, whose minimum is at most ``L(z_lo) <= f(z_lo)``, the interval's bound
+    (mirrored for the upper side and for decreasing ``f``).  Skipping those passes saves work
+    and alpha-CROWN parameters (gates of recurrent networks, attention weights)."""
+    return rule.kind == "activation" and rule.monotone and node.inputs[0] in full
 
 
 def spec_rows(ctx: Context, C: torch.Tensor | None) -> torch.Tensor:

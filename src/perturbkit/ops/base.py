@@ -155,6 +155,10 @@ class ActivationRule(OpRule):
     #: float32 bounds the engine computes them in float64 and rounds them outward once
     #: (:mod:`perturbkit.bounds.precision`), far tighter than float32 rounding margins
     lines_in_float64: ClassVar[bool] = False
+    #: monotone on its whole domain (increasing or decreasing on each connected piece), with
+    #: relaxation lines of the same monotonicity: CROWN then cannot tighten the output of a
+    #: well-bounded input (``bounds/crown.py``, ``_crown_adds_nothing``)
+    monotone: ClassVar[bool] = False
 
     def interval(self, node: Node, x: Interval, *consts) -> Interval:
         """Default for monotone non-decreasing functions."""

@@ -66,6 +66,7 @@ EXP, LOG = ExpCurve(), LogCurve()
 
 class Exp(CurveRule):
     op_type = "Exp"
+    monotone = True
     lines_in_float64 = True
 
     def curve(self, node: Node, *consts) -> ExpCurve:
@@ -74,6 +75,7 @@ class Exp(CurveRule):
 
 class Log(CurveRule):
     op_type = "Log"
+    monotone = True
 
     def curve(self, node: Node, *consts) -> LogCurve:
         return LOG

@@ -96,6 +96,7 @@ _GELU = {"none": GELU, "tanh": GELU_TANH}
 
 class Erf(CurveRule):
     op_type = "Erf"
+    monotone = True
     lines_in_float64 = True
 
     def curve(self, node: Node, *consts) -> ErfCurve:

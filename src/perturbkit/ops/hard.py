@@ -72,6 +72,7 @@ HARD_SWISH = HardSwishCurve()
 
 class HardSigmoid(CurveRule):
     op_type = "HardSigmoid"
+    monotone = True
 
     def curve(self, node: Node, *consts) -> HardSigmoidCurve:
         return hard_sigmoid_curve(float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5)))

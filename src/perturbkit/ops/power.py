@@ -172,6 +172,7 @@ SQRT, RECIPROCAL = SqrtCurve(), ReciprocalCurve()
 
 class Sqrt(CurveRule):
     op_type = "Sqrt"
+    monotone = True
 
     def curve(self, node: Node, *consts) -> SqrtCurve:
         return SQRT
@@ -179,6 +180,7 @@ class Sqrt(CurveRule):
 
 class Reciprocal(CurveRule):
     op_type = "Reciprocal"
+    monotone = True
 
     def curve(self, node: Node, *consts) -> ReciprocalCurve:
         return RECIPROCAL

@@ -15,6 +15,7 @@ from perturbkit.ops.base import ActivationRule, Line, Relaxation
 
 class Relu(ActivationRule):
     op_type = "Relu"
+    monotone = True
 
     def _alpha(self, node: Node) -> float:
         return 0.0
@@ -75,6 +76,7 @@ class Relu(ActivationRule):
 
 class LeakyRelu(Relu):
     op_type = "LeakyRelu"
+    monotone = False  # (a negative slope is allowed)
 
     def _alpha(self, node: Node) -> float:
         return float(node.attrs.get("alpha", 0.01))

@@ -41,6 +41,7 @@ class SShaped(ActivationRule):
     """``f(x) = a * sigmoid(k * x) + b`` with ``a, k > 0``."""
 
     lines_in_float64 = True
+    monotone = True
     a: ClassVar[float] = 1.0
     k: ClassVar[float] = 1.0
     b: ClassVar[float] = 0.0
@@ -77,16 +78,47 @@ class SShaped(ActivationRule):
         """For ``l < 0 < u``: a point ``d`` in ``(0, u]`` whose tangent passes on or above ``(l, f(l))``.
 
         ``phi(d) = f(d) + f'(d) (l - d) - f(l)`` is increasing on ``d >= 0`` (``f'' < 0`` there);
-        the caller guarantees ``phi(u) > 0``.  Bisection keeps ``phi(hi) > 0``.
+        the caller guarantees ``phi(u) > 0``.  Bisection keeps ``phi(hi) > 0``.  It runs outside
+        autograd (32 steps of small operations would dominate alpha-CROWN's backward pass); the
+        returned value is the bisection's, with the derivative of ``d`` in ``l`` of the implicit
+        function theorem, ``-phi_l / phi_d = (f'(l) - f'(d)) / (f''(d) (l - d))`` (one Newton
+        step's, taken straight through).
         """
-        a = torch.zeros_like(l)
-        b = u.clone()
-        for _ in range(self.bisection_steps):
-            m = a / 2 + b / 2
-            pos = self.f(m) + self.df(m) * (l - m) - fl > 0
-            b = torch.where(pos, m, b)
-            a = torch.where(pos, a, m)
-        return b
+        with torch.no_grad():
+            ld, fld = l.detach(), fl.detach()
+            a = torch.zeros_like(ld)
+            b = u.detach().clone()
+
+            def phi(z):
+                return self.f(z) + self.df(z) * (ld - z) - fld
+
+            pb = phi(b)
+            tol = 4 * torch.finfo(b.dtype).eps * self.a
+            for step in range(self.bisection_steps):
+                # a Newton step from b (phi(b) > 0, phi increasing) when it lands inside (a, b),
+                # else bisection; whichever side the point falls on becomes the new a or b
+                m = a / 2 + b / 2
+                if step % 2 == 1:
+                    sb = torch.sigmoid(self.k * b)
+                    dphi = (self.a * self.k * self.k) * sb * (1 - sb) * (1 - 2 * sb) * (ld - b)
+                    zn = b - pb / torch.where(dphi > 0, dphi, torch.ones_like(dphi))
+                    m = torch.where((dphi > 0) & (zn > a) & (zn < b), zn, m)
+                pm = phi(m)
+                pos = pm > 0
+                b, pb = torch.where(pos, m, b), torch.where(pos, pm, pb)
+                a = torch.where(pos, a, m)
+                if bool((pb <= tol).all()):  # the tangent passes within a few ulps of (l, f(l))
+                    break
+        if not (torch.is_grad_enabled() and (l.requires_grad or fl.requires_grad)):
+            return b
+        with torch.no_grad():
+            kb = self.k * b
+            sb = torch.sigmoid(kb)
+            d2 = (self.a * self.k * self.k) * sb * (1 - sb) * (1 - 2 * sb) * (ld - b)  # phi_d at b
+            d2 = torch.where(d2.abs() > 0, d2, torch.ones_like(d2))
+        phi = self.f(b) + self.df(b) * (l - b) - fl
+        step = b - phi / d2
+        return b + (step - step.detach())
 
     def upper_line(self, l: Tensor, u: Tensor, alpha: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Slope and intercept of a sound upper line of ``f`` on ``[l, u]`` (finite bounds).
@@ -130,7 +162,8 @@ class SShaped(ActivationRule):
         return torch.full_like(lo, 0.5)
 
     def relax_alpha(self, node: Node, lo: Tensor, hi: Tensor, alpha: Tensor, *consts) -> Relaxation:
-        lo, hi, alpha = torch.broadcast_tensors(lo, hi, alpha)
+        # lo, hi are not broadcast to alpha's rows: what depends on the box alone (the tangent
+        # point d through (l, f(l)), by bisection) is computed once, not once per row
         return self._relax(node, lo, hi, alpha)
 
     def _relax(self, node: Node, lo: Tensor, hi: Tensor, alpha: Tensor | None) -> Relaxation:

@@ -29,6 +29,7 @@ def softplus(x: Tensor) -> Tensor:
 class Softplus(ActivationRule):
     op_type = "Softplus"
     lines_in_float64 = True
+    monotone = True
 
     def forward(self, node: Node, x: Tensor, *consts) -> Tensor:
         return softplus(x)

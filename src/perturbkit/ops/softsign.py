@@ -33,6 +33,7 @@ SOFTSIGN = SoftsignCurve()
 
 class Softsign(CurveRule):
     op_type = "Softsign"
+    monotone = True
     lines_in_float64 = True
 
     def curve(self, node: Node, *consts) -> SoftsignCurve:
