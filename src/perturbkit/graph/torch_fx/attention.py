@@ -12,16 +12,11 @@ two runtime values, the scale as a ``Mul`` by a constant, a constant mask as an 
 ``Softmax`` over the last axis, ``attn @ v`` as a second ``MatMul`` of two runtime values,
 heads merged and the output projection (Vaswani et al. 2017, "Attention is all you need").
 
-Masks must be constants.  A boolean mask becomes an additive float mask, and the ``-inf``
-entries of a float mask are replaced, by :data:`MASKED` ``= -1e30`` (PyTorch and the ONNX
-export use ``-inf``).  Why: ``Softmax`` still gives a masked position weight exactly 0 in
-float32 and float64 (``exp(-1e30 + s)`` underflows to 0 for every score ``|s| < 1e29``), so
-the graph computes exactly what the module computes, while ``-inf`` makes the lowered
-decomposition ``1 / sum_j exp(x_j - x_i)`` evaluate ``-inf - (-inf) = NaN`` between two masked
-entries.  With ``-1e30`` the masked differences stay finite (an interval ``Exp`` that maps them
-to ``[inf, inf]`` or ``[0, 0]`` gives masked weights exactly ``[0, 0]``).  Only a row with
-*every* key masked differs (PyTorch gives NaN there, the graph uniform weights), and the
-conversion check refuses it.
+Masks must be constants.  A boolean mask becomes an additive float mask whose masked
+entries are :data:`MASKED` ``= -1e30`` (PyTorch and the ONNX export use ``-inf``); either way
+``Softmax(scores + mask)`` is fused into ``MaskedSoftmax`` (:mod:`perturbkit.graph.fuse`),
+which drops the masked entries exactly, so both front ends give the same graph and the same
+bounds.  A row with *every* key masked (PyTorch gives NaN there) is refused.
 
 Shapes (declared, as everywhere in the front end): ``(N, L, E)`` with ``batch_first`` else
 ``(L, N, E)``; ``N`` is the example's batch (usually 1), the runtime batch stays in front.
