@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from perturbkit.bounds.bilinear import bilinear_backward
+from perturbkit.bounds.expansion import expansion_source, tighten_by_expansion
 from perturbkit.bounds.precision import relax as precise_relax
 from perturbkit.graph.ir import Node
 from perturbkit.graph.network import Network
@@ -213,6 +214,9 @@ def tighten(ctx: Context, name: str, itv: Interval, idx: Tensor, mask: Optional[
         if pairs.shape[0] < 0.5 * B * idx.numel():
             return _tighten_pairs(ctx, name, itv, pairs, widest, itemsize)
     local = ctx.use_patches and patches.supports_start(ctx, name)
+    src = None if local or not INTERSECT_INTERMEDIATE else expansion_source(ctx, name)
+    if src is not None:  # (e.g. a softmax's pairwise differences: through the scores' linear bounds)
+        return tighten_by_expansion(ctx, name, itv, idx, *src)
     budget = _BUDGET_BYTES if local else _DENSE_BUDGET_BYTES
     chunk = max(1, budget // max(1, 2 * B * widest * itemsize))
     lo = itv.lo.reshape(B, n).clone()
