@@ -1,10 +1,10 @@
 """Many small boxes at once (branch and bound): the pair-wise intermediate bounds
-(engine._tighten_pairs) equal the shared-index computation, and prior bounds (a parent
+(pairs.tighten_pairs) equal the shared-index computation, and prior bounds (a parent
 box's) only ever tighten intervals and stay sound."""
 import torch
 
 import perturbkit as pk
-from perturbkit.bounds import engine
+from perturbkit.bounds import engine, pairs
 from perturbkit.bounds.crown import crown
 from perturbkit.bounds.engine import make_context
 from nets import network
@@ -20,12 +20,12 @@ def test_pairs_equal_shared(monkeypatch):
     net, module, shape = network("mlp")
     lo, hi = _boxes(shape, 64, 0.05)
     calls = []
-    orig = engine._tighten_pairs
-    monkeypatch.setattr(engine, "_tighten_pairs", lambda *a: calls.append(1) or orig(*a))
+    orig = pairs.tighten_pairs
+    monkeypatch.setattr(pairs, "tighten_pairs", lambda *a: calls.append(1) or orig(*a))
     ctx = make_context(net, pk.sets.Box(lo, hi))
     a = crown(ctx, None)
     assert calls, "the pair-wise path was not taken"
-    monkeypatch.setattr(engine, "_tighten_pairs", lambda *a: (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(pairs, "tighten_pairs", lambda *a: (_ for _ in ()).throw(AssertionError))
     ctx = make_context(net, pk.sets.Box(lo, hi))
     import importlib
 

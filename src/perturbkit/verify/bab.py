@@ -65,7 +65,8 @@ import torch
 
 from perturbkit.bounds.alpha_crown import Adam
 from perturbkit.bounds.crown import intermediate_bounds
-from perturbkit.bounds.engine import Context, _exact_linear_values, backward, linear_bounds_pairs, make_context
+from perturbkit.bounds.engine import Context, _exact_linear_values, backward, make_context
+from perturbkit.bounds.pairs import linear_bounds_pairs
 from perturbkit.graph.network import Network
 from perturbkit.ops.base import Interval
 from perturbkit.ops.registry import rule_for
