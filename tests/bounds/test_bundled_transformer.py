@@ -34,3 +34,23 @@ def test_accuracy_and_sound_certificates():
     with torch.no_grad():
         m = torch.einsum("bsn,bn->bs", C.repeat(2, 1, 1), net(pts))
     assert (m >= crown.lower.repeat(2, 1) - 1e-4).all()
+
+
+def test_crown_ibp_not_looser_than_ibp():
+    # CROWN-IBP's backward pass meets reciprocals whose IBP interval touches 0 (NaN
+    # coefficients); the output interval still bounds it, and it stays sound
+    net = pk.load(str(bundled_path("digits-transformer")))
+    x, y = load_digits_test()
+    xs, ys = torch.from_numpy(x[:4]), torch.from_numpy(y[:4])
+    ball = pk.sets.LpBall(xs, 0.01, domain=(0, 1))
+    C = pk.margin_spec(ys, 10)
+    ibp = pk.bounds(net, ball, method="ibp", C=C)
+    cibp = pk.bounds(net, ball, method="crown-ibp", C=C)
+    assert torch.isfinite(cibp.lower).all() and torch.isfinite(cibp.upper).all()
+    assert (cibp.lower >= ibp.lower - 1e-5).all() and (cibp.upper <= ibp.upper + 1e-5).all()
+    g = torch.Generator().manual_seed(1)
+    rep = xs.repeat(50, *[1] * (xs.dim() - 1))
+    pts = (rep + 0.01 * (2 * torch.rand(rep.shape, generator=g) - 1)).clamp(0, 1)
+    with torch.no_grad():
+        m = torch.einsum("bsn,bn->bs", C.repeat(50, 1, 1), net(pts))
+    assert (m >= cibp.lower.repeat(50, 1) - 1e-4).all() and (m <= cibp.upper.repeat(50, 1) + 1e-4).all()

@@ -123,6 +123,9 @@ def with_output_interval(ctx: Context, C: torch.Tensor | None, lower: torch.Tens
 
     Both are sound, so the intersection is; it makes CROWN never looser than that interval
     (which the backward pass can be, e.g. through long chains of products in a Transformer).
+    A NaN of the backward pass (an infinite intermediate bound times a zero coefficient, as
+    CROWN-IBP meets at a reciprocal whose interval touches 0) says nothing: it takes the
+    interval's value.
     """
     from perturbkit.bounds import engine
 
@@ -130,4 +133,6 @@ def with_output_interval(ctx: Context, C: torch.Tensor | None, lower: torch.Tens
     if out is None or not engine.INTERSECT_INTERMEDIATE:
         return lower, upper
     ilo, ihi = interval_spec(out, C, ctx.batch)
+    lower = torch.where(torch.isnan(lower), ilo, lower)
+    upper = torch.where(torch.isnan(upper), ihi, upper)
     return torch.maximum(lower, ilo), torch.minimum(upper, ihi)
