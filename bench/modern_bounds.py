@@ -154,6 +154,12 @@ def main(argv=None) -> None:
             res = {lib: _spawn(lib, name, method, args.runs, args.lirpa, args.lirpa_python) for lib in libs}
             rows.append((name, method, res))
             print(json.dumps(res), file=sys.stderr)
+            if args.markdown:  # after every row: an interrupted run keeps what it finished
+                args.markdown.write_text(_table(rows) + "\n")
+    print(_table(rows))
+
+
+def _table(rows: list) -> str:
     lines = ["| network | method | perturbkit width | onnx width | auto_LiRPA width | width ratio | perturbkit cold (warm) | "
              "auto_LiRPA cold (warm) | speed-up | peak RSS pk / LiRPA |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -178,10 +184,7 @@ def main(argv=None) -> None:
                      + ("error" if "error" in li else f"{li['cold_s'] * 1e3:.1f} ms ({li['warm_s'] * 1e3:.1f})") + " | "
                      + f"{speed} | " + ("-" if "error" in pk_ else f"{pk_['peak_mb']:.0f} MB") + " / "
                      + ("-" if "error" in li else f"{li['peak_mb']:.0f} MB") + " |")
-    text = "\n".join(lines + ([""] + notes if notes else []))
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text + "\n")
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 if __name__ == "__main__":
