@@ -181,7 +181,7 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
         try:
             for it in range(config.iterations):
                 ctx.intervals = dict(ref)
-                ctx.relaxations, ctx.relax_flags = {}, {}
+                ctx.relaxations, ctx.relax_flags, ctx.line_diffs = {}, {}, {}
                 for name in starts:
                     idx = tightened[name]
                     K = idx.numel()
@@ -227,7 +227,7 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
                             a.clamp_(*ranges[name])
         finally:
             ctx.intervals = ref
-            ctx.relaxations, ctx.relax_flags = {}, {}
+            ctx.relaxations, ctx.relax_flags, ctx.line_diffs = {}, {}, {}
     lo, hi = _halves(best, B0, S, config)
     if not config.separate_upper:  # (the doubled context's intervals are of the doubled batch)
         lo, hi = with_output_interval(ctx, C, lo, hi)

@@ -47,6 +47,7 @@ class Context:
     intervals: dict[str, Interval] = field(default_factory=dict)
     relaxations: dict[str, Relaxation] = field(default_factory=dict)
     relax_flags: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # zero intercepts
+    line_diffs: dict[str, tuple] = field(default_factory=dict)  # lower - upper (slopes, intercepts)
     const_parts: dict[str, Optional[Tensor]] = field(default_factory=dict)
     position: dict[str, int] = field(default_factory=dict)
     consumer_count: dict[str, int] = field(default_factory=dict)
@@ -296,6 +297,23 @@ def _relaxation_parts(ctx: Context, node: Node) -> tuple[Relaxation, bool, bool]
     return rel, z[0], z[1]
 
 
+def _line_diffs(rel: Relaxation, zl: bool, zu: bool, like: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    """``lower - upper`` of the slopes (as a coefficient factor) and of the intercepts (None
+    when both intercepts are zero)."""
+    ds = _line_tensor(rel.lower.slope, like) - _line_tensor(rel.upper.slope, like)
+    il, iu = rel.lower.intercept, rel.upper.intercept
+    di = None if zl and zu else (il if zu else (-iu if zl else il - iu))
+    return ds, di
+
+
+def _cached_line_diffs(ctx: Context, node: Node, rel: Relaxation, zl: bool, zu: bool,
+                       like: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    d = ctx.line_diffs.get(node.name)
+    if d is None:
+        d = ctx.line_diffs[node.name] = _line_diffs(rel, zl, zu, like)
+    return d
+
+
 def _line_tensor(t: Tensor, like: Tensor) -> Tensor:
     """Relaxation tensor (B, *shape) or broadcastable -> (B, 1, *shape) for coefficient algebra."""
     if t.dim() == like.dim():
@@ -346,18 +364,23 @@ def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = No
                 zu = rel.upper.intercept.dim() == 0 and not bool(rel.upper.intercept)
             else:
                 rel, zl, zu = _relaxation_parts(ctx, node)
-            # few temporaries: large short-lived allocations cost page faults on CPU
+            # <A+, lower> + <A-, upper> = <A, upper> + <A+, lower - upper>: the differences
+            # are of the relaxation's size, A's size passes are one clamp, one product, one
+            # multiply-add (few temporaries: large short-lived allocations cost page faults)
             Ap = A.clamp(min=0)
-            An = A - Ap
-            if not zl:
-                bias = bias + _dot(Ap, rel.lower.intercept, B, S)
-            if not zu:
-                bias = bias + _dot(An, rel.upper.intercept, B, S)
-            sl, su = _line_tensor(rel.lower.slope, lo_like), _line_tensor(rel.upper.slope, lo_like)
-            if inplace:
-                _add(store, node.inputs[0], Ap.mul_(sl).add_(An.mul_(su)))
+            if alphas is not None and node.name in alphas:
+                ds, di = _line_diffs(rel, zl, zu, lo_like)
             else:
-                _add(store, node.inputs[0], Ap * sl + An * su)
+                ds, di = _cached_line_diffs(ctx, node, rel, zl, zu, lo_like)
+            if not zu:
+                bias = bias + _dot(A, rel.upper.intercept, B, S)
+            if di is not None:
+                bias = bias + _dot(Ap, di, B, S)
+            su = _line_tensor(rel.upper.slope, lo_like)
+            if inplace:
+                _add(store, node.inputs[0], Ap.mul_(ds).add_(A * su))
+            else:
+                _add(store, node.inputs[0], A * su + Ap * ds)
         elif rule.kind == "interval":  # constant lines: the output's own interval
             itv = ctx.intervals[node.output]
             Ap = A.clamp(min=0)

@@ -44,7 +44,11 @@ class Add(AffineRule):
     def backward(self, node: Node, A: torch.Tensor, a, b):
         out = []
         for x, s, sg in ((a, node.in_shapes[0], 1.0), (b, node.in_shapes[1], self.sign)):
-            out.append(None if x is not None else unbroadcast(A if sg > 0 else -A, node.out_shape, s))
+            if x is not None:
+                out.append(None)
+                continue
+            Ax = unbroadcast(A, node.out_shape, s)  # sum first: the negation then acts on fewer entries
+            out.append(Ax if sg > 0 else -Ax)
         return out
 
 
