@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -121,7 +122,12 @@ def _spawn(lib: str, name: str, method: str, runs: int, lirpa: str | None, lirpa
     if p.returncode != 0 or not lines:
         err = (p.stderr.strip().splitlines() or ["no output"])[-1]
         return {"lib": lib, "model": name, "method": method, "error": f"process failed: {err}"[:300]}
-    return json.loads(lines[-1])
+    res = json.loads(lines[-1])
+    # auto_LiRPA logs the operators it refuses before raising: name them in the error
+    ops = sorted(set(re.findall(r"Name: (\S+), Attr", p.stdout + p.stderr)))
+    if "error" in res and ops:
+        res["error"] += f" (it printed: unsupported {', '.join(ops)})"
+    return res
 
 
 def _lirpa_available(lirpa: str | None, lirpa_python: str | None) -> bool:
