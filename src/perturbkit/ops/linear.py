@@ -10,6 +10,8 @@ MatMul, a scaling and an Add (see :mod:`perturbkit.graph.lower`).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from perturbkit.errors import UnsupportedOperatorError
@@ -22,14 +24,43 @@ def _t(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(-1, -2)
 
 
+#: fold broadcast leading dims into the matrix rows when they number at least this many
+_FOLD_MIN = 8
+
+
 def _matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``x @ y``; with a matrix ``y`` the leading dims of ``x`` are folded into one matrix
-    product (torch would otherwise broadcast ``y`` into a batched product per row)."""
+    """``x @ y``; leading dims along which one operand broadcasts (a matrix ``y``, or the
+    specification rows of coefficients against a per-sample constant) are folded into the
+    rows of fewer, larger matrix products (torch would otherwise run one small product per
+    broadcast index)."""
     if y.dim() == 2 and x.dim() > 2:
         return (x.reshape(-1, x.shape[-1]) @ y).reshape((*x.shape[:-1], y.shape[-1]))
     if x.dim() == 2 and y.dim() > 2:
         return _t(_matmul(_t(y), _t(x)))
+    if x.dim() == y.dim() > 2:
+        lx, ly = x.shape[:-2], y.shape[:-2]
+        if math.prod(a for a, b in zip(lx, ly) if b == 1) >= _FOLD_MIN:
+            return _fold_rows(x, y)
+        if math.prod(b for a, b in zip(lx, ly) if a == 1) >= _FOLD_MIN:
+            return _t(_fold_rows(_t(y), _t(x)))
     return x @ y
+
+
+def _fold_rows(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x @ y`` (same rank) with the leading dims where ``y`` is 1 moved into ``x``'s rows."""
+    nd = x.dim()
+    lx, ly = x.shape[:-2], y.shape[:-2]
+    fold = [i for i in range(nd - 2) if ly[i] == 1 and lx[i] > 1]
+    keep = [i for i in range(nd - 2) if i not in fold]
+    M, K = x.shape[-2:]
+    F = math.prod(lx[i] for i in fold)
+    xs = x.permute(*keep, *fold, nd - 2, nd - 1).reshape(*(lx[i] for i in keep), F * M, K)
+    ys = y.permute(*keep, *fold, nd - 2, nd - 1).reshape(*(ly[i] for i in keep), *y.shape[-2:])
+    r = (xs @ ys).reshape(*(max(lx[i], ly[i]) for i in keep), *(lx[i] for i in fold), M, y.shape[-1])
+    inv = [0] * nd
+    for j, i in enumerate([*keep, *fold, nd - 2, nd - 1]):
+        inv[i] = j
+    return r.permute(*inv)
 
 
 class Gemm(AffineRule):
