@@ -21,8 +21,8 @@ digits Transformer) and every method (IBP, CROWN, alpha-CROWN), a fresh process 
   memory of the process (``ru_maxrss``) after the bound computations.
 
 Columns: ``width ratio`` = perturbkit's sum of widths / auto_LiRPA's (<= 1.001 is "at least as
-tight"); times are the first (cold) call, the median and the best of ``--runs`` warm calls
-(alpha-CROWN: one call); ``speed-up`` = auto_LiRPA's best time / perturbkit's best time (the
+tight"); times are the first (cold) call, the median and the best of ``--runs`` warm calls in
+each of ``--rounds`` processes per library, the libraries alternating (alpha-CROWN: one call); ``speed-up`` = auto_LiRPA's best time / perturbkit's best time (the
 best of several calls is the least disturbed by other load on the machine; auto_LiRPA's warm
 calls are faster than its cold one, so this favours it).
 """
@@ -98,6 +98,7 @@ def _child(lib: str, name: str, method: str, runs: int) -> dict:
             warm.append(time.perf_counter() - t)
         out["warm_s"] = statistics.median(warm) if warm else out["cold_s"]
         out["best_s"] = min(warm) if warm else out["cold_s"]
+        out["warm_all"] = warm
     except Exception as e:  # noqa: BLE001
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         return {**out, "error": f"{type(e).__name__}: {msg}"[:300]}
@@ -143,6 +144,7 @@ def main(argv=None) -> None:
     ap.add_argument("--models", default=None, help="comma-separated names (default: all)")
     ap.add_argument("--methods", default="ibp,crown,alpha-crown")
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3, help="processes per library, alternating (IBP, CROWN)")
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--lirpa", default=None, help="a folder holding the auto_LiRPA package (put first on sys.path)")
     ap.add_argument("--lirpa-python", default=None, help="the Python that runs auto_LiRPA (default: this one)")
@@ -161,12 +163,32 @@ def main(argv=None) -> None:
     rows = []
     for name in names:
         for method in methods:
-            res = {lib: _spawn(lib, name, method, args.runs, args.lirpa, args.lirpa_python) for lib in libs}
+            rounds = 1 if method == "alpha-crown" else args.rounds
+            got: dict = {lib: [] for lib in libs}
+            for _ in range(rounds):  # the libraries alternate: slow spells of the machine hit both
+                for lib in libs:
+                    if not any("error" in r for r in got[lib]):
+                        got[lib].append(_spawn(lib, name, method, args.runs, args.lirpa, args.lirpa_python))
+            res = {lib: _merge(got[lib]) for lib in libs}
             rows.append((name, method, res))
             print(json.dumps(res), file=sys.stderr)
             if args.markdown:  # after every row: an interrupted run keeps what it finished
                 args.markdown.write_text(_table(rows) + "\n")
     print(_table(rows))
+
+
+def _merge(results: list) -> dict:
+    """One library's rounds as one result: the first cold call, median and best of all warm calls."""
+    bad = [r for r in results if "error" in r]
+    if bad:
+        return bad[0]
+    out = dict(results[0])
+    warm = [t for r in results for t in r.get("warm_all", [])]
+    if warm:
+        out["warm_s"], out["best_s"] = statistics.median(warm), min(warm)
+    out["peak_mb"] = max(r["peak_mb"] for r in results)
+    out["rounds"] = len(results)
+    return out
 
 
 def _times(r: dict) -> str:

@@ -141,9 +141,8 @@ def act_mlp():
 
 
 def vit_digits():
-    """The bundled digits Transformer, rebuilt in torch from its ONNX file's weights is not needed:
-    bench/modern_bounds.py loads the ONNX file directly for perturbkit and trains the same
-    architecture for auto_LiRPA (see models/train_transformer.py)."""
+    """The bundled digits Transformer's architecture and training (models/train_transformer.py,
+    seeded), so that both libraries bound the same torch module."""
     sys.path.insert(0, str(ROOT / "src"))
     from perturbkit.models.train_digits import load_split
     from perturbkit.models.train_transformer import DigitsTransformer, train
