@@ -178,7 +178,10 @@ def test_interrupted_campaign_resumes_without_duplicates(tmp_path, how):
             os.kill(proc.pid, signal.SIGTERM)   # the main process only
         else:
             os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate(timeout=30)
+        # (generous: on a fresh clone under the full parallel suite the interrupted run has been
+        # seen to take longer than 30 s, likely waiting on the 60 s stalled worker; see the
+        # issue 10 closing note. An interrupt that never ends still fails here.)
+        _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
