@@ -49,6 +49,9 @@ class AlphaConfig:
             doubled batch; tighter, about twice the work) rather than sharing them.
         lower_only: only lower bounds of ``C f(x)`` (the upper ones come back as +inf),
             as branch and bound needs.
+        keep_intermediate: leave in ``ctx.intervals``, for every value whose bounds were
+            optimised, the tightest bound of each element over CROWN and all iterates (each
+            is sound) instead of the CROWN ones (branch and bound fixes them afterwards).
     """
 
     iterations: int = 30
@@ -58,6 +61,7 @@ class AlphaConfig:
     optimize_intermediate: bool = True
     separate_upper: bool = False
     lower_only: bool = False
+    keep_intermediate: bool = False
 
 
 class Adam:
@@ -168,6 +172,7 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
         best = backward(ctx, g.output_name, A_out)  # plain CROWN: the floor
     best_total = float("-inf")
     best_alphas: Alphas = {}
+    tight = {name: (ref[name].lo.clone(), ref[name].hi.clone()) for name in starts} if config.keep_intermediate else {}
     with torch.enable_grad():
         alphas: Alphas = {}
         for name in starts:
@@ -181,7 +186,7 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
         try:
             for it in range(config.iterations):
                 ctx.intervals = dict(ref)
-                ctx.relaxations, ctx.relax_flags, ctx.line_diffs = {}, {}, {}
+                ctx.relaxations, ctx.relax_flags, ctx.line_diffs, ctx.alpha_bases = {}, {}, {}, {}
                 for name in starts:
                     idx = tightened[name]
                     K = idx.numel()
@@ -200,6 +205,11 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
                     lo[:, idx] = _straight_through(r_lo, torch.maximum(r_lo, lo[:, idx]))
                     hi[:, idx] = _straight_through(r_hi, torch.minimum(r_hi, hi[:, idx]))
                     ctx.intervals[name] = Interval(lo.reshape(itv.lo.shape), hi.reshape(itv.hi.shape))
+                    if name in tight:
+                        with torch.no_grad():
+                            t_lo, t_hi = tight[name]
+                            t_lo.copy_(torch.maximum(t_lo, _finite_or(lo.detach().reshape(t_lo.shape), t_lo)))
+                            t_hi.copy_(torch.minimum(t_hi, _finite_or(hi.detach().reshape(t_hi.shape), t_hi)))
                 r = backward(ctx, g.output_name, A_out, alphas=alphas[g.output_name])
                 if opt is None:
                     params = [a for d in alphas.values() for a in d.values()]
@@ -227,13 +237,22 @@ def alpha_crown(ctx: Context, C: Optional[Tensor], config: AlphaConfig = AlphaCo
                             a.clamp_(*ranges[name])
         finally:
             ctx.intervals = ref
-            ctx.relaxations, ctx.relax_flags, ctx.line_diffs = {}, {}, {}
+            ctx.relaxations, ctx.relax_flags, ctx.line_diffs, ctx.alpha_bases = {}, {}, {}, {}
+    if tight:
+        ctx.intervals = dict(ref)
+        for name, (t_lo, t_hi) in tight.items():
+            ctx.intervals[name] = Interval(t_lo, t_hi)
     lo, hi = _halves(best, B0, S, config)
     if not config.separate_upper:  # (the doubled context's intervals are of the doubled batch)
         lo, hi = with_output_interval(ctx, C, lo, hi)
         if config.lower_only:
             hi = torch.full_like(hi, float("inf"))
     return lo, hi, best_alphas
+
+
+def _finite_or(x: Tensor, other: Tensor) -> Tensor:
+    """``x`` where it is not NaN, else ``other``."""
+    return torch.where(torch.isnan(x), other, x)
 
 
 def _straight_through(raw: Tensor, value: Tensor) -> Tensor:

@@ -48,6 +48,8 @@ class Context:
     relaxations: dict[str, Relaxation] = field(default_factory=dict)
     relax_flags: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # zero intercepts
     line_diffs: dict[str, tuple] = field(default_factory=dict)  # lower - upper (slopes, intercepts)
+    #: the alpha-independent part of relaxations with parameters (``rule.alpha_base``), per node
+    alpha_bases: dict[str, object] = field(default_factory=dict)
     const_parts: dict[str, Optional[Tensor]] = field(default_factory=dict)
     position: dict[str, int] = field(default_factory=dict)
     consumer_count: dict[str, int] = field(default_factory=dict)
@@ -322,7 +324,7 @@ def _line_tensor(t: Tensor, like: Tensor) -> Tensor:
 
 
 def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = None,
-             alphas: Optional[dict[str, Tensor]] = None) -> Tensor:
+             alphas: Optional[dict[str, Tensor]] = None, extra: Optional[dict[str, Tensor]] = None) -> Tensor:
     """Lower bound of ``<A, v_start>`` over the input set, per batch element and spec.
 
     Args:
@@ -330,12 +332,17 @@ def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = No
         A: ``(B, S, *declared_shape(start))``.
         bias: optional ``(B, S)`` constant already accumulated.
         alphas: alpha-CROWN parameters of this pass: activation node name -> ``(B, S, *shape)``.
+        extra: coefficients on other values, added to the function bounded: value name ->
+            ``(B, S, *shape)`` (values before ``start``); the pass then bounds
+            ``<A, v_start> + sum_v <extra_v, v>`` (beta-CROWN's split multipliers).
     Returns:
         ``(B, S)``.
     """
     g = ctx.graph
     B, S = A.shape[0], A.shape[1]
     store: dict[str, Tensor] = {start: A}
+    for name, E in (extra or {}).items():
+        _add(store, name, E.clone())  # (a pass without autograd may update coefficients in place)
     bias = torch.zeros(B, S, dtype=ctx.dtype, device=ctx.device) if bias is None else bias
     end = ctx.position.get(start, -1)
     inplace = not torch.is_grad_enabled()  # autograd (alpha-CROWN) needs the originals
@@ -356,7 +363,16 @@ def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = No
             lo_like = ctx.intervals[node.inputs[0]].lo
             if ctx.activation_coeffs is not None:
                 ctx.activation_coeffs[node.name] = A.clone() if inplace else A
-            if alphas is not None and node.name in alphas:
+            if alphas is not None and node.name in alphas and hasattr(rule, "alpha_base"):
+                # (ReLU: the chord and the masks do not depend on alpha: computed once per context)
+                base = ctx.alpha_bases.get(node.name)
+                if base is None:
+                    x = ctx.intervals[node.inputs[0]]
+                    base = ctx.alpha_bases[node.name] = rule.alpha_base(node, x.lo.unsqueeze(1), x.hi.unsqueeze(1))
+                rel = rule.relax_from_base(node, base, alphas[node.name])
+                zl = rel.lower.intercept.dim() == 0 and not bool(rel.lower.intercept)
+                zu = rel.upper.intercept.dim() == 0 and not bool(rel.upper.intercept)
+            elif alphas is not None and node.name in alphas:
                 x = ctx.intervals[node.inputs[0]]
                 consts = [ctx.consts[i] for i in node.inputs[1:]]
                 rel = precise_relax(rule, node, x.lo.unsqueeze(1), x.hi.unsqueeze(1), consts, alphas[node.name])

@@ -65,8 +65,15 @@ class Relu(ActivationRule):
         Shapes: lo, hi broadcast with alpha (e.g. (B, 1, *shape) and (B, S, *shape)); the
         returned lines have the broadcast shape.
         """
-        rel = self.relax(node, lo, hi)
-        unstable = (lo < 0) & (hi > 0)
+        return self.relax_from_base(node, self.alpha_base(node, lo, hi), alpha)
+
+    def alpha_base(self, node: Node, lo: torch.Tensor, hi: torch.Tensor) -> tuple:
+        """What :meth:`relax_alpha` computes from the bounds alone (cached by the engine
+        across the iterations of an optimisation): the unstable mask and the relaxation."""
+        return (lo < 0) & (hi > 0), self.relax(node, lo, hi)
+
+    def relax_from_base(self, node: Node, base: tuple, alpha: torch.Tensor) -> Relaxation:
+        unstable, rel = base
         if self._alpha(node) > 1.0:
             slope = torch.where(unstable, alpha, rel.upper.slope)
             return Relaxation(lower=rel.lower, upper=Line(slope, slope.new_zeros(())))

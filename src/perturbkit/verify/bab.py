@@ -51,12 +51,13 @@ split was made, its slack never shrinks and depth-first search can drill forever
 sub-problem whose bound that slack keeps below zero.
 
 The frontier is a stack processed in batches from its top (depth-first), which keeps memory
-bounded by (depth x batch) and reaches counterexamples in deep sub-boxes early.
+bounded by (depth x batch) and reaches counterexamples in deep sub-boxes early.  The loop,
+the frontier and the batch sizing are :mod:`.frontier`'s, shared with ReLU splitting
+(:mod:`.relu_split`); this module is the input-splitting strategy (:class:`InputSplit`).
 """
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -73,6 +74,8 @@ from perturbkit.ops.registry import rule_for
 from perturbkit.sets.box import Box
 from perturbkit.sets.cut_box import CutBox
 from perturbkit.verify.falsify import clause_max, pgd_in_boxes
+from perturbkit.verify.frontier import BabOutcome, Bounded, Frontier, branch_and_bound
+from perturbkit.verify.frontier import cat as frontier_cat
 from perturbkit.verify.spec import Case
 
 Tensor = torch.Tensor
@@ -106,16 +109,6 @@ class BabConfig:
     pgd_steps: int = 10
     relu_split: int = 12
     max_cuts: int = 6
-
-
-@dataclass
-class BabOutcome:
-    verdict: str  # "unsat", "sat", "timeout", "unknown"
-    candidate: Optional[np.ndarray] = None
-    boxes: int = 0
-    batches: int = 0
-    #: fraction of the input box proved so far (each ReLU split halves a box's share)
-    proved: float = 0.0
 
 
 def rows_of(case: Case, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, int]:
@@ -189,111 +182,121 @@ def input_split(net: Network, case: Case, *, deadline: float, config: BabConfig 
     """Prove ``case`` infeasible by branch and bound, or find a candidate counterexample.
 
     Sub-problems are split on an input dimension, or (``config.relu_split``) on a ReLU
-    neuron when few neurons are still unstable in them (see the module docstring).
-    ``is_candidate(x)`` confirms a point (executes the network); it is called on points
-    whose exact output satisfies a clause.  ``progress(done, open)`` reports the frontier.
+    neuron when few neurons are still unstable in them (see the module docstring); the loop
+    and the depth-first frontier are :mod:`.frontier`'s.  ``is_candidate(x)`` confirms a
+    point (executes the network); it is called on points whose exact output satisfies a
+    clause.  ``progress(done, open)`` reports the frontier.
     """
-    dt = config.dtype
-    C, d, owner, n_clauses = rows_of(case, dt)
     if any(c.C.shape[0] == 0 for c in case.output.clauses):
-        return BabOutcome("unknown")  # an always-true clause: any point is a counterexample
-    R = C.shape[0]
-    lo0 = torch.from_numpy(np.array(case.box.lower)).to(dt)
-    hi0 = torch.from_numpy(np.array(case.box.upper)).to(dt)
-    n = lo0.numel()
-    width0 = torch.where(hi0 > lo0, hi0 - lo0, torch.ones_like(hi0))
-    sens = input_sensitivity(net, (lo0 + hi0) / 2)
-    neurons = _Neurons(net)
-    K = config.max_cuts if config.relu_split else 0
-    root = _Boxes(lo0.unsqueeze(0), hi0.unsqueeze(0), torch.zeros(1, K, n, dtype=dt), torch.zeros(1, K, dtype=dt),
-                  torch.zeros(1, dtype=torch.int64), torch.zeros(1, neurons.total, dtype=torch.int8),
-                  torch.full((1, R), -math.inf, dtype=dt), torch.full((1, K), -1, dtype=torch.int64))
-    # the frontier: chunks of sub-problems, processed from the top
-    stack: list[_Boxes] = [root]
-    n_open = 1
-    out = BabOutcome("unsat")
-    per_box: Optional[float] = None
-    sample_shape = net.sample_shape
-    while n_open:
-        if time.monotonic() > deadline:
-            out.verdict = "timeout"
-            return out
-        if out.boxes > config.max_boxes:
-            out.verdict = "unknown"
-            return out
-        # a batch small enough to end before the deadline (per-box cost measured so far)
-        k = config.batch if per_box is None else max(1, min(config.batch, int(0.8 * (deadline - time.monotonic()) / per_box)))
-        t_batch = time.monotonic()
-        bx = _pop(stack, k)
-        n_open -= len(bx)
+        return BabOutcome("unknown", reason="a clause without rows always holds")
+    strat = InputSplit(net, case, config, is_candidate)
+    frontier = Frontier("depth")
+    frontier.push(strat.root())
+
+    def report(out, fr, rate):
+        if progress:
+            progress(out.boxes, len(fr))
+
+    out = branch_and_bound(strat, frontier, deadline=deadline, batch=config.batch, max_domains=config.max_boxes,
+                           progress=report)
+    out.proved = strat.proved
+    return out
+
+
+class InputSplit:
+    """The strategy of :func:`input_split` for the shared loop (:func:`.frontier.branch_and_bound`):
+    domains are :class:`_Boxes` rows (a dict of their fields)."""
+
+    order = "depth"
+
+    def __init__(self, net: Network, case: Case, config: BabConfig, is_candidate):
+        dt = config.dtype
+        self.net, self.config, self.is_candidate = net, config, is_candidate
+        self.C, self.d, self.owner, self.n_clauses = rows_of(case, dt)
+        self.lo0 = torch.from_numpy(np.array(case.box.lower)).to(dt)
+        self.hi0 = torch.from_numpy(np.array(case.box.upper)).to(dt)
+        self.width0 = torch.where(self.hi0 > self.lo0, self.hi0 - self.lo0, torch.ones_like(self.hi0))
+        self.sens = input_sensitivity(net, (self.lo0 + self.hi0) / 2)
+        self.neurons = _Neurons(net)
+        self.K = config.max_cuts if config.relu_split else 0
+        self.proved = 0.0
+
+    def root(self) -> dict:
+        dt, n, K, R = self.config.dtype, self.lo0.numel(), self.K, self.C.shape[0]
+        bx = _Boxes(self.lo0.unsqueeze(0), self.hi0.unsqueeze(0), torch.zeros(1, K, n, dtype=dt),
+                    torch.zeros(1, K, dtype=dt), torch.zeros(1, dtype=torch.int64),
+                    torch.zeros(1, self.neurons.total, dtype=torch.int8), torch.full((1, R), -math.inf, dtype=dt),
+                    torch.full((1, K), -1, dtype=torch.int64))
+        return vars(bx).copy()
+
+    def bound(self, doms: dict) -> Bounded:
+        cfg, C, d, owner, n_clauses = self.config, self.C, self.d, self.owner, self.n_clauses
+        bx = _Boxes(**doms)
         N = len(bx)
-        share = ((bx.hi - bx.lo) / width0).prod(1) * torch.pow(0.5, bx.used.to(dt))
-        ctx, lb, A, empty = bound_boxes(net, neurons, bx, C, record=bool(config.relu_split))
+        share = ((bx.hi - bx.lo) / self.width0).prod(1) * torch.pow(0.5, bx.used.to(cfg.dtype))
         cut = bool((bx.used > 0).any())
-        split_any = bool(bx.signs.any())
-        if config.alpha_iterations:  # a second, optimised bound for the boxes CROWN left open
+        ctx, lb, A, empty = bound_boxes(self.net, self.neurons, bx, C, record=bool(cfg.relu_split))
+        if cfg.alpha_iterations:  # a second, optimised bound for the boxes CROWN left open
             unproved = clause_max(torch.maximum(lb - d, bx.best), owner, n_clauses).le(0).any(1) & ~empty
             if bool(unproved.any()):
                 sel = torch.nonzero(unproved).flatten()
-                lb[sel] = torch.maximum(lb[sel], _final_alpha(ctx, neurons, sel, C, config.alpha_iterations))
-        out.boxes += N
-        out.batches += 1
+                lb[sel] = torch.maximum(lb[sel], _final_alpha(ctx, self.neurons, sel, C, cfg.alpha_iterations))
         # > 0: the row never holds; a sub-problem inherits its ancestors' bounds (its set is smaller)
         margin = torch.maximum(torch.where(empty.unsqueeze(1), torch.full_like(lb, math.inf), lb - d), bx.best)
-        bx.best = margin
         per_clause = clause_max(margin, owner, n_clauses)
         open_mask = (per_clause <= 0).any(1)
-        out.proved += float(share[~open_mask].sum())
-        if not bool(open_mask.any()):
-            per_box = _per_box(per_box, t_batch, N)
-            if progress:
-                progress(out.boxes, n_open)
-            continue
-        sel = torch.nonzero(open_mask).flatten()
-        bx = bx.take(sel)
-        bx.signs = _with_stable_signs(ctx, neurons, sel, bx.signs)
-        if cut:
-            _refresh_cuts(ctx, neurons, sel, bx)
-        A, margin, per_clause = A[sel], margin[sel], per_clause[sel]
+        self.proved += float(share[~open_mask].sum())
+        # bx.lo / bx.hi are the boxes tightened by the cuts (the same sets)
+        return Bounded(open_mask, {"ctx": ctx, "index": torch.arange(N), "A": A, "margin": margin,
+                                   "per_clause": per_clause, "lo": bx.lo, "hi": bx.hi, "cut": cut})
+
+    def _open_boxes(self, doms: dict, b: Bounded) -> _Boxes:
+        bx = _Boxes(**doms)
+        bx.lo, bx.hi, bx.best = b.data["lo"], b.data["hi"], b.data["margin"]
+        return bx
+
+    def probe(self, doms: dict, b: Bounded, batches: int, deadline: float) -> Optional[np.ndarray]:
+        cfg, C, d, owner, n_clauses = self.config, self.C, self.d, self.owner, self.n_clauses
+        bx = self._open_boxes(doms, b)
         # candidates: centres, and for every row the box corner minimising its linear bound
-        cand = _candidates(bx.lo, bx.hi, A)
+        cand = _candidates(bx.lo, bx.hi, b.data["A"])
         with torch.no_grad():
-            y = net(cand.reshape(cand.shape[0], *sample_shape)).reshape(cand.shape[0], -1)
+            y = self.net(cand.reshape(cand.shape[0], *self.net.sample_shape)).reshape(cand.shape[0], -1)
         worst = clause_max(y @ C.T - d, owner, n_clauses)  # (candidates, clauses): <= 0 holds
         hit = torch.nonzero((worst <= 0).any(1)).flatten()
         for i in hit[:8].tolist():
-            if is_candidate is None or is_candidate(cand[i]):
-                out.verdict = "sat"
-                out.candidate = cand[i].numpy()
-                return out
+            if self.is_candidate is None or self.is_candidate(cand[i]):
+                return cand[i].numpy()
         # falsification again, inside the sub-boxes whose centres come closest to a clause
-        if config.pgd_boxes and out.batches % config.pgd_every == 0:
+        if cfg.pgd_boxes and batches % cfg.pgd_every == 0:
             score = worst[: len(bx)].min(1).values  # the centres come first in cand
-            top = score.argsort()[: config.pgd_boxes]
-            x = pgd_in_boxes(net, bx.lo[top], bx.hi[top], C, d, owner, n_clauses, steps=config.pgd_steps,
+            top = score.argsort()[: cfg.pgd_boxes]
+            x = pgd_in_boxes(self.net, bx.lo[top], bx.hi[top], C, d, owner, n_clauses, steps=cfg.pgd_steps,
                              deadline=deadline)
-            if x is not None and (is_candidate is None or is_candidate(x)):
-                out.verdict = "sat"
-                out.candidate = x.numpy()
-                return out
+            if x is not None and (self.is_candidate is None or self.is_candidate(x)):
+                return x.numpy()
+        return None
+
+    def split(self, doms: dict, b: Bounded):
+        cfg, neurons = self.config, self.neurons
+        ctx, sel = b.data["ctx"], b.data["index"]
+        bx = self._open_boxes(doms, b)
+        bx.signs = _with_stable_signs(ctx, neurons, sel, bx.signs)
+        if b.data["cut"]:
+            _refresh_cuts(ctx, neurons, sel, bx)
+        A, margin, per_clause = b.data["A"], b.data["margin"], b.data["per_clause"]
         # split: a neuron where few are left unstable (and a cut slot is free), else an input
         children = []
         relu = torch.zeros(len(bx), dtype=torch.bool)
-        if config.relu_split and neurons.nodes:  # (a network without ReLUs splits inputs only)
-            unstable, score = _neuron_scores(ctx, neurons, sel, margin, per_clause, owner)
-            relu = (unstable <= config.relu_split) & (unstable > 0) & (bx.used < K)
+        if cfg.relu_split and neurons.nodes:  # (a network without ReLUs splits inputs only)
+            unstable, score = _neuron_scores(ctx, neurons, sel, margin, per_clause, self.owner)
+            relu = (unstable <= cfg.relu_split) & (unstable > 0) & (bx.used < self.K)
             if bool(relu.any()):
                 children += _relu_children(ctx, neurons, bx, sel, relu, score)
         rest = torch.nonzero(~relu).flatten()
         if rest.numel():
-            children += _input_children(bx.take(rest), A[rest], margin[rest], per_clause[rest], owner, sens)
-        for ch in children:
-            stack.append(ch)
-            n_open += len(ch)
-        per_box = _per_box(per_box, t_batch, N)
-        if progress:
-            progress(out.boxes, n_open)
-    return out
+            children += _input_children(bx.take(rest), A[rest], margin[rest], per_clause[rest], self.owner, self.sens)
+        return frontier_cat([vars(ch).copy() for ch in children]), None, 0
 
 
 def bound_boxes(net: Network, neurons: _Neurons, bx: _Boxes, C: Tensor, *, record: bool = False):
@@ -419,25 +422,6 @@ def _refresh_cuts(ctx, neurons: _Neurons, sel: Tensor, bx: _Boxes) -> None:
         g = torch.where(pos.squeeze(1), bu, -bl)
         bx.H[slot_box[mine], slot_k[mine]] = H
         bx.g[slot_box[mine], slot_k[mine]] = g
-
-
-def _per_box(per_box: Optional[float], t_batch: float, N: int) -> float:
-    spent = (time.monotonic() - t_batch) / N
-    return spent if per_box is None else 0.7 * per_box + 0.3 * spent
-
-
-def _pop(stack: list, k: int) -> _Boxes:
-    """Up to k sub-problems from the top of the stack."""
-    parts, n = [], 0
-    while stack and n < k:
-        bx = stack.pop()
-        take = min(k - n, len(bx))
-        if take < len(bx):
-            stack.append(bx.take(slice(0, len(bx) - take)))
-            bx = bx.take(slice(len(bx) - take, len(bx)))
-        parts.append(bx)
-        n += take
-    return parts[0] if len(parts) == 1 else _Boxes.cat(parts)
 
 
 def _input_children(bx: _Boxes, A: Tensor, margin: Tensor, per_clause: Tensor, owner: Tensor,

@@ -138,7 +138,16 @@ def pgd_in_boxes(net: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, cla
     on its own box, minimising the most nearly satisfied clause's violation.  Returns a
     candidate point (n,) where some clause holds, or None.  Used inside branch and bound on
     the sub-boxes whose centres come closest to a counterexample."""
-    x = (lo + hi) / 2
+    return pgd_from(net, (lo + hi) / 2, lo, hi, C, d, clause_of_row, n_clauses, steps=steps, deadline=deadline)
+
+
+def pgd_from(net: Network, x0: Tensor, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, clause_of_row: Tensor,
+             n_clauses: int, steps: int = 10, deadline: float = float("inf")) -> Optional[Tensor]:
+    """PGD from the points ``x0`` (M, n), each iterate projected on the box [lo, hi] ((M, n),
+    or (n,) shared), on the hinge of the most nearly satisfied clause; signed steps of
+    0.55 down to 0.05 box widths.  A candidate point (n,) where some clause holds, or None.
+    (ReLU-splitting branch and bound starts it from its bounds' minimisers.)"""
+    x = x0.clone()
     width = hi - lo
     for step in range(steps):
         if time.monotonic() > deadline:

@@ -5,20 +5,26 @@ Order of work, for each case of the property (an input box with its output claus
 1. falsification (sampling, then PGD on each clause's violation; :mod:`.falsify`), every
    candidate executed through the network (ONNX Runtime for ONNX models) before "sat";
 2. one CROWN bound on the whole box: the case may already be proved;
-3. input-splitting branch and bound (:mod:`.bab`) when the network has few inputs
-   (``VerifyConfig.max_split_inputs``), which also checks candidate points as it goes;
-   otherwise one alpha-CROWN bound (``VerifyConfig.alpha_iterations`` steps) on the box.
+3. branch and bound, with the strategy :func:`choose_strategy` picks (or the one
+   ``VerifyConfig.strategy`` forces):
+
+   * ``"input"``: input splitting (:mod:`.bab`) when the network has few inputs
+     (``VerifyConfig.max_split_inputs``), or has no ReLU to split (sigmoid/tanh networks:
+     complete only in the limit of small boxes; one alpha-CROWN bound is tried first when
+     the inputs are many);
+   * ``"relu"``: ReLU splitting with beta-CROWN (:mod:`.relu_split`) for ReLU networks
+     with many inputs (images); complete: every domain ends proved or fully split, where
+     the bound is exact.
 
 The property is ``sat`` as soon as one case has a confirmed counterexample, ``unsat`` when
-every case is proved, ``timeout`` at the deadline, and ``unknown`` when a case has too many
-inputs for input splitting and its one-shot bound does not prove it (ReLU splitting is the
-next strategy; its place is in :mod:`.bab`).
+every case is proved, ``timeout`` at the deadline, and ``unknown`` when the search gives up
+(a cap on domains or memory; ``Result.stats["reason"]`` says which).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -33,6 +39,7 @@ from perturbkit.sets.box import Box
 from perturbkit.verify import check
 from perturbkit.verify.bab import BabConfig, input_split, rows_of
 from perturbkit.verify.falsify import FalsifyConfig, clause_max, search
+from perturbkit.verify.relu_split import ReluSplitConfig, relu_split
 from perturbkit.verify.result import Result
 from perturbkit.verify.spec import Case, Property, check_sizes
 
@@ -43,19 +50,44 @@ class VerifyConfig:
 
     falsify: FalsifyConfig = field(default_factory=FalsifyConfig)
     bab: BabConfig = field(default_factory=BabConfig)
+    relu: ReluSplitConfig = field(default_factory=ReluSplitConfig)
     max_split_inputs: int = 16
     alpha_iterations: int = 30
     seed: int = 0
+    #: "auto" (:func:`choose_strategy`), "input" or "relu"
+    strategy: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise InputError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+
+
+STRATEGIES = ("auto", "input", "relu")
+
+
+def has_relu(network: Network) -> bool:
+    return any(n.op_type in ("Relu", "LeakyRelu") for n in network.graph.nodes)
+
+
+def choose_strategy(network: Network, config: "VerifyConfig") -> str:
+    """``"input"`` for few inputs (``max_split_inputs``) or no ReLU to split, else ``"relu"``."""
+    if config.strategy != "auto":
+        return config.strategy
+    if network.n_inputs <= config.max_split_inputs or not has_relu(network):
+        return "input"
+    return "relu"
 
 
 def verify(network: Network, prop: Union[Property, str], *, timeout: float = 60.0,
-           config: VerifyConfig = VerifyConfig()) -> Result:
+           config: VerifyConfig = VerifyConfig(), progress: Optional[Callable[[dict], None]] = None) -> Result:
     """Decide a VNN-LIB property on a network (see the module docstring).
 
     Args:
         network: a :class:`Network` (ONNX models are checked with ONNX Runtime).
         prop: a parsed :class:`Property` or a path to a ``.vnnlib`` file.
         timeout: wall-clock seconds, > 0.
+        progress: called with a dict (strategy, domains, open, worst, rate, ...) while
+            branch and bound runs (``perturbkit verify --verbose`` prints it).
     Returns:
         :class:`Result` (``verdict`` ``sat``/``unsat``/``unknown``/``timeout``).
     """
@@ -72,7 +104,10 @@ def verify(network: Network, prop: Union[Property, str], *, timeout: float = 60.
             rule_for(node, network.source).interval(node)  # raises: no bound rule, with the node
     deadline = t0 + timeout
     gen = torch.Generator().manual_seed(config.seed)
-    stats: dict = {"boxes": 0, "batches": 0, "falsify_hits": 0}
+    strategy = choose_strategy(network, config)
+    if strategy == "relu" and not has_relu(network):
+        raise InputError("--strategy relu: the network has no ReLU or LeakyReLU to split")
+    stats: dict = {"boxes": 0, "batches": 0, "falsify_hits": 0, "strategy": strategy}
     cases = prop.groups()
 
     def done(verdict: str, ce=None) -> Result:
@@ -94,20 +129,29 @@ def verify(network: Network, prop: Union[Property, str], *, timeout: float = 60.
         if _one_shot(network, case, config):
             verdicts.append("unsat")
             continue
-        if network.n_inputs > config.max_split_inputs:
-            # no input splitting here: one optimised bound is the last resort
-            if config.alpha_iterations and _one_shot(network, case, config, alpha=True):
-                verdicts.append("unsat")
-            else:
-                verdicts.append("unknown")
-            continue
 
         def is_ce(x: torch.Tensor, case=case) -> bool:
             return check.confirm(network, case, x.double().numpy()) is not None
 
-        out = input_split(network, case, deadline=deadline, config=config.bab, is_candidate=is_ce)
+        if strategy == "relu":
+            out = relu_split(network, case, deadline=deadline, config=config.relu, is_candidate=is_ce,
+                             progress=None if progress is None else (lambda info: progress({"strategy": "relu", **info})))
+        else:
+            if network.n_inputs > config.max_split_inputs and config.alpha_iterations \
+                    and _one_shot(network, case, config, alpha=True):
+                verdicts.append("unsat")
+                continue
+
+            def report(done_, open_):
+                if progress is not None:
+                    progress({"strategy": "input", "domains": done_, "open": open_})
+
+            out = input_split(network, case, deadline=deadline, config=config.bab, is_candidate=is_ce,
+                              progress=report)
         stats["boxes"] += out.boxes
         stats["batches"] += out.batches
+        if getattr(out, "reason", ""):
+            stats["reason"] = out.reason
         if out.verdict == "sat":
             return done("sat", check.confirm(network, case, out.candidate))
         if out.verdict == "timeout":

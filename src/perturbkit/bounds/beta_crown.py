@@ -1,0 +1,244 @@
+"""beta-CROWN (Wang et al. 2021, "Beta-CROWN: efficient bound propagation with per-neuron
+split constraints for neural network robustness verification").
+
+A branch-and-bound sub-problem fixes the sign of some ReLU inputs: ``s_j z_j(x) >= 0`` with
+``s_j`` +1 (active) or -1 (inactive).  Fixing the sign makes the neuron's relaxation exact
+(its interval is clamped to ``[max(l, 0), u]`` or ``[l, min(u, 0)]``), but the relaxation of
+the rest of the network still admits points that violate the constraint.  beta-CROWN puts
+the constraints into the bound by Lagrange multipliers ``beta_j >= 0``: for every x of the
+sub-problem ``C f(x) >= C f(x) - sum_j beta_j s_j z_j(x)``, and the right-hand side is bounded
+by one backward pass in which the coefficient ``-beta_j s_j`` is added at ``z_j``
+(``engine.backward(..., extra=...)``).  Every ``beta >= 0`` and every slope ``alpha`` in range
+gives a sound lower bound; both are optimised jointly by projected gradient ascent (Adam),
+warm-started from the parent sub-problem.
+
+Here the intermediate bounds are fixed (the caller's context holds them, clamped by the
+splits): only the output rows are optimised, as in alpha-beta-CROWN's branch and bound.
+
+Guarantee: for every x of the input set whose split neurons have the given signs,
+``lower <= C f(x)`` (each iterate is a sound bound; the best of sound bounds is sound).
+
+Parameters are compressed to the *splittable* neurons (those unstable on the root set):
+``alpha`` and ``beta`` are ``(N, S, U)`` with ``U`` splittable neurons numbered node by node
+(:class:`SplitIndex`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from perturbkit.bounds.alpha_crown import Adam
+from perturbkit.bounds.engine import Context, backward
+from perturbkit.graph.ir import Node
+from perturbkit.ops.base import Interval
+from perturbkit.ops.registry import rule_for
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class BetaConfig:
+    """Optimisation settings (Adam; the learning rates of alpha-beta-CROWN's defaults).
+
+    Attributes:
+        iterations: evaluated iterates (0: one pass with the given parameters).  30: on
+            mnist_fc 256x4 prop_3_0.05, 20 steps need 5x more domains and twice the time,
+            50 steps cost twice the time of 30 (docs/benchmarks.md).
+        lr_alpha, lr_beta: Adam learning rates of the slopes and of the multipliers.
+        lr_decay: multiplicative learning-rate decay per step.
+        stop_above: stop once every sub-problem has a row whose bound exceeds it (None: run
+            all iterations).
+    """
+
+    iterations: int = 30
+    lr_alpha: float = 0.1
+    lr_beta: float = 0.05
+    lr_decay: float = 0.98
+    stop_above: Optional[float] = 0.0
+
+
+class SplitIndex:
+    """The splittable neurons: per ReLU/LeakyReLU node, the flat indices of its input that
+    may be split, numbered 0..U-1 node by node."""
+
+    def __init__(self, nodes: list[Node], index: list[Tensor], shapes: list[tuple]):
+        self.nodes = nodes
+        self.index = index
+        self.shapes = shapes
+        self.offsets = [0]
+        for idx in index:
+            self.offsets.append(self.offsets[-1] + idx.numel())
+        self.total = self.offsets[-1]
+
+    def parts(self):
+        """(node, flat indices, shape, start, end) per node."""
+        return zip(self.nodes, self.index, self.shapes, self.offsets, self.offsets[1:])
+
+    def node_of(self, j: Tensor) -> Tensor:
+        """(K,) global numbers -> the position of their node in ``nodes``."""
+        return torch.bucketize(j, torch.tensor(self.offsets[1:], device=j.device), right=True)
+
+
+def clamp_intervals(root: dict[str, Interval], split: SplitIndex, signs: Tensor) -> dict[str, Interval]:
+    """Intervals of N sub-problems: the root's (batch 1, shared as views) with every split
+    neuron's input clamped to its sign.  signs: (N, U) int8 (+1 active, -1 inactive, 0 free)."""
+    N = signs.shape[0]
+    out = {name: Interval(itv.lo.expand(N, *itv.lo.shape[1:]), itv.hi.expand(N, *itv.hi.shape[1:]))
+           for name, itv in root.items()}
+    for node, idx, shape, a, b in split.parts():
+        name = node.inputs[0]
+        s = signs[:, a:b]
+        if not bool(s.any()):
+            continue
+        itv = root[name]
+        n = math.prod(shape)
+        lo = itv.lo.reshape(1, n).expand(N, n).clone()
+        hi = itv.hi.reshape(1, n).expand(N, n).clone()
+        sub_lo, sub_hi = lo[:, idx], hi[:, idx]
+        lo[:, idx] = torch.where(s > 0, sub_lo.clamp_min(0.0), sub_lo)
+        hi[:, idx] = torch.where(s < 0, sub_hi.clamp_max(0.0), sub_hi)
+        out[name] = Interval(lo.reshape(N, *shape), hi.reshape(N, *shape))
+    return out
+
+
+def _full(ctx: Context, split: SplitIndex, compressed: Tensor, fill: Optional[Tensor] = None) -> dict[str, Tensor]:
+    """(N, S, U) per-neuron values -> node name -> (N, S, *shape) (zeros off the index)."""
+    N, S = compressed.shape[:2]
+    out = {}
+    for node, idx, shape, a, b in split.parts():
+        n = math.prod(shape)
+        base = torch.zeros(N, S, n, dtype=compressed.dtype, device=compressed.device)
+        out[node.name] = base.index_copy(2, idx, compressed[:, :, a:b]).reshape(N, S, *shape)
+    return out
+
+
+def _extra(split: SplitIndex, beta: Tensor, signs: Tensor) -> dict[str, Tensor]:
+    """The multipliers' coefficients ``-beta_j s_j`` on the split neurons' inputs."""
+    N, S = beta.shape[:2]
+    coef = -beta * signs.to(beta.dtype).unsqueeze(1)
+    out = {}
+    for node, idx, shape, a, b in split.parts():
+        if not bool(signs[:, a:b].any()):
+            continue
+        n = math.prod(shape)
+        base = torch.zeros(N, S, n, dtype=beta.dtype, device=beta.device)
+        out[node.inputs[0]] = base.index_copy(2, idx, coef[:, :, a:b]).reshape(N, S, *shape)
+    return out
+
+
+def alpha_ranges(ctx: Context, split: SplitIndex) -> list[tuple[float, float]]:
+    return [rule_for(node, ctx.graph.source).alpha_range(node) for node in split.nodes]
+
+
+def initial_alpha(ctx: Context, split: SplitIndex, S: int) -> Tensor:
+    """CROWN's adaptive slopes on the context's intervals: (N, S, U)."""
+    parts = []
+    for node, idx, shape, a, b in split.parts():
+        x = ctx.intervals[node.inputs[0]]
+        rule = rule_for(node, ctx.graph.source)
+        a0 = rule.alpha_init(node, x.lo, x.hi).reshape(ctx.batch, -1)[:, idx]
+        parts.append(a0.unsqueeze(1).expand(ctx.batch, S, -1))
+    if not parts:
+        return torch.zeros(ctx.batch, S, 0, dtype=ctx.dtype, device=ctx.device)
+    return torch.cat(parts, 2).clone()
+
+
+@dataclass
+class BetaResult:
+    """Bounds of N sub-problems and what branch and bound reads from them.
+
+    lower: (N, S) best bound of each row over the iterates.
+    alpha, beta: (N, S, U) the parameters of each sub-problem's best iterate (warm starts).
+    input_coeffs, input_bias: the linear lower bound ``A x + b`` of that iterate, (N, S, n)
+        and (N, S): its minimiser over the input set is a candidate counterexample.
+    relu_coeffs: node name -> (N, S, *shape) coefficients on each split node's output in
+        that bound (branching scores).
+    """
+
+    lower: Tensor
+    alpha: Tensor
+    beta: Tensor
+    input_coeffs: Optional[Tensor]
+    input_bias: Optional[Tensor]
+    relu_coeffs: dict
+
+
+def evaluate(ctx: Context, split: SplitIndex, signs: Tensor, A_out: Tensor, alpha: Tensor, beta: Tensor,
+             *, record: bool = False) -> Tensor:
+    """One bound pass with fixed parameters: (N, S).  With ``record`` the context keeps the
+    input and activation coefficients (``ctx.input_coeffs``, ``ctx.activation_coeffs``)."""
+    ctx.keep_input_coeffs = record
+    ctx.activation_coeffs = {} if record else None
+    try:
+        return backward(ctx, ctx.graph.output_name, A_out, alphas=_full(ctx, split, alpha),
+                        extra=_extra(split, beta, signs))
+    finally:
+        ctx.keep_input_coeffs = False
+
+
+def beta_crown(ctx: Context, split: SplitIndex, signs: Tensor, A_out: Tensor, alpha: Tensor, beta: Tensor,
+               config: BetaConfig = BetaConfig(), floor: Optional[Tensor] = None) -> BetaResult:
+    """Optimised lower bounds of ``<A_out, f(x)>`` on N sub-problems.
+
+    Args:
+        ctx: a context of N sub-problems whose intervals are fixed (:func:`clamp_intervals`).
+        signs: (N, U) int8 split signs.
+        A_out: (N, S, *output_shape) rows.
+        alpha, beta: (N, S, U) starting parameters (beta >= 0; only split neurons' matter).
+        floor: (N, S) bounds already known (e.g. the parent's): the result is never below it.
+    Returns:
+        :class:`BetaResult`.
+    """
+    N, S = A_out.shape[:2]
+    ranges = alpha_ranges(ctx, split)
+    lo_a = torch.cat([torch.full((b - a,), r[0], dtype=ctx.dtype) for (_, _, _, a, b), r in zip(split.parts(), ranges)]
+                     ) if split.total else torch.zeros(0, dtype=ctx.dtype)
+    hi_a = torch.cat([torch.full((b - a,), r[1], dtype=ctx.dtype) for (_, _, _, a, b), r in zip(split.parts(), ranges)]
+                     ) if split.total else torch.zeros(0, dtype=ctx.dtype)
+    split_mask = (signs != 0).unsqueeze(1)  # (N, 1, U)
+    alpha = alpha.detach().clone()
+    beta = torch.where(split_mask, beta.detach().clamp_min(0.0), torch.zeros_like(beta))
+    best = torch.full((N, S), -math.inf, dtype=ctx.dtype, device=ctx.device) if floor is None else floor.clone()
+    best_total = torch.full((N,), -math.inf, dtype=ctx.dtype, device=ctx.device)
+    best_alpha, best_beta = alpha.clone(), beta.clone()
+    if config.iterations:
+        alpha.requires_grad_(True)
+        beta.requires_grad_(True)
+        opt_a = Adam([alpha], config.lr_alpha)
+        opt_b = Adam([beta], config.lr_beta)
+        with torch.enable_grad():
+            for it in range(config.iterations):
+                r = evaluate(ctx, split, signs, A_out, alpha, beta)
+                with torch.no_grad():
+                    rd = r.detach()
+                    rd = torch.where(torch.isnan(rd), torch.full_like(rd, -math.inf), rd)
+                    best = torch.maximum(best, rd)
+                    total = rd.sum(1)
+                    better = total > best_total
+                    best_total = torch.where(better, total, best_total)
+                    best_alpha = torch.where(better[:, None, None], alpha.detach(), best_alpha)
+                    best_beta = torch.where(better[:, None, None], beta.detach(), best_beta)
+                if config.stop_above is not None and bool((best.max(1).values > config.stop_above).all()):
+                    break
+                if it == config.iterations - 1:
+                    break
+                ga, gb = torch.autograd.grad(-r.sum(), [alpha, beta], allow_unused=True)
+                with torch.no_grad():
+                    opt_a.step([ga])
+                    opt_b.step([gb])
+                    opt_a.lr *= config.lr_decay
+                    opt_b.lr *= config.lr_decay
+                    alpha.copy_(torch.minimum(torch.maximum(alpha, lo_a), hi_a))
+                    beta.clamp_(min=0.0).mul_(split_mask)
+    with torch.no_grad():
+        r = evaluate(ctx, split, signs, A_out, best_alpha, best_beta, record=True)
+        r = torch.where(torch.isnan(r), torch.full_like(r, -math.inf), r)
+        best = torch.maximum(best, r)
+    coeffs = {node.name: ctx.activation_coeffs.get(node.name) for node in split.nodes}
+    result = BetaResult(best, best_alpha, best_beta, ctx.input_coeffs, ctx.input_bias, coeffs)
+    ctx.activation_coeffs = None
+    ctx.input_coeffs = ctx.input_bias = None
+    return result
