@@ -267,3 +267,49 @@ def test_vnncomp_run_instance(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 2 and "does not fit the network" in p.stderr
     assert res.read_text() == "error\n"
+
+
+# -- branch and bound on ReLU neurons (a real MNIST network: 784 inputs) --------------------
+
+MNIST = DATA / "mnist_fc"
+
+
+def test_relu_strategy_proves_an_mnist_property_and_reports_progress(capsys, tmp_path):
+    """mnist_fc_2022 256x2 prop_9 eps 0.05 (unsat): the root bound does not prove it, ReLU
+    splitting does; --verbose reports domains, the worst bound and the rate on stderr."""
+    rec = tmp_path / "r.json"
+    code, out, err = _run(capsys, "verify", MNIST / "mnist-net_256x2.onnx", MNIST / "prop_9_0.05.vnnlib",
+                          "--timeout", "100", "--verbose", "--json", rec)
+    assert code == 0, err
+    assert out.splitlines()[0] == "unsat"
+    stats = json.loads(rec.read_text())["stats"]
+    assert stats["strategy"] == "relu" and stats["boxes"] > 0
+    lines = [ln for ln in err.splitlines() if ln.startswith("relu:")]
+    assert lines and "domains" in lines[-1] and "worst lower bound" in lines[-1] and "/s" in lines[-1]
+
+
+def test_sat_on_mnist_is_confirmed_by_onnx_runtime(capsys, tmp_path):
+    res = tmp_path / "r.txt"
+    code, out, _ = _run(capsys, "verify", MNIST / "mnist-net_256x2.onnx", MNIST / "prop_0_0.05.vnnlib",
+                        "--timeout", "100", "--out", res)
+    assert code == 0 and out.startswith("sat\n")
+    x, y = parse_counterexample(res)
+    prop = parse_vnnlib(MNIST / "prop_0_0.05.vnnlib")
+    assert prop.is_counterexample(x, _ort(MNIST / "mnist-net_256x2.onnx", x))
+
+
+def test_forcing_the_relu_strategy_on_a_network_without_relu_is_a_clear_error(capsys, tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])
+    graph = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["y"])], "g", [x], [y])
+    path = tmp_path / "sig.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    code, out, err = _run(capsys, "verify", path, CAMPAIGN / "vnnlib/test_nano.vnnlib", "--strategy", "relu")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "no ReLU" in err
+
+
+def test_unknown_strategy_is_a_usage_error(capsys):
+    code, _, err = _run(capsys, "verify", CAMPAIGN / "onnx/test_nano.onnx", CAMPAIGN / "vnnlib/test_nano.vnnlib",
+                        "--strategy", "milp")
+    assert code == 2 and "invalid choice" in err

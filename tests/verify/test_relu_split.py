@@ -7,6 +7,7 @@ placed just above and just below that minimum (sat and unsat by a small gap the 
 cannot close), and the verifier, forced to ReLU splitting, must say so; every sat answer
 comes with a counterexample that the network confirms."""
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -30,8 +31,12 @@ def _mlp(seed: int):
     return m
 
 
-def _exact_min(m, c: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
-    """min over the box of c . f(x), by one LP per activation pattern."""
+def _exact_min(m, c: np.ndarray, lo: np.ndarray, hi: np.ndarray, d: np.ndarray | None = None) -> float:
+    """min over the box of c . f(x) (c: (3,)), or with rows c (R, 3) and offsets d (R,) of
+    max_i (c_i . f(x) - d_i), by one LP per activation pattern."""
+    if c.ndim == 1:
+        return _exact_min(m, c[None], lo, hi, np.zeros(1))
+    R = c.shape[0]
     W1, b1 = m[0].weight.detach().numpy(), m[0].bias.detach().numpy()
     W2, b2 = m[2].weight.detach().numpy(), m[2].bias.detach().numpy()
     W3, b3 = m[4].weight.detach().numpy(), m[4].bias.detach().numpy()
@@ -47,13 +52,16 @@ def _exact_min(m, c: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
         for p2 in itertools.product([0, 1], repeat=W2.shape[0]):
             D2 = np.diag(p2)
             s2 = np.where(np.array(p2) > 0, 1.0, -1.0)
-            A = np.vstack([A1, -(s2[:, None] * M2)])
-            b = np.concatenate([c1, s2 * k2])
-            obj = c @ W3 @ D2 @ M2
-            const = c @ (W3 @ D2 @ k2 + b3)
-            r = scipy_opt.linprog(obj, A_ub=A, b_ub=b, bounds=list(zip(lo, hi)), method="highs")
+            # variables (x, t): min t with c_i f(x) - d_i <= t on the pattern's polytope
+            A = np.vstack([np.hstack([A1, np.zeros((A1.shape[0], 1))]),
+                           np.hstack([-(s2[:, None] * M2), np.zeros((M2.shape[0], 1))]),
+                           np.hstack([c @ W3 @ D2 @ M2, -np.ones((R, 1))])])
+            b = np.concatenate([c1, s2 * k2, d - c @ (W3 @ D2 @ k2 + b3)])
+            obj = np.zeros(lo.size + 1)
+            obj[-1] = 1.0
+            r = scipy_opt.linprog(obj, A_ub=A, b_ub=b, bounds=list(zip(lo, hi)) + [(None, None)], method="highs")
             if r.status == 0:
-                best = min(best, r.fun + const)
+                best = min(best, r.fun)
     return float(best)
 
 
@@ -92,6 +100,37 @@ def test_verdicts_match_pattern_enumeration(seed):
             bab_domains += out.boxes
     # the unsat answers needed branching (the root bound alone does not prove them)
     assert bab_domains > 0
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_two_clauses_of_different_lengths(seed):
+    """A case with a one-row clause and a two-row clause (one frontier, padded rows): unsat
+    when neither can hold, sat when the two-row one can (its point satisfies both rows)."""
+    import time
+
+    m = _mlp(20 + seed)
+    net = pk.load(m, torch.zeros(1, N_IN, dtype=torch.float64))
+    lo, hi = -0.3 * np.ones(N_IN), 0.3 * np.ones(N_IN)
+    c1 = np.array([1.0, -1.0, 0.0])
+    m1 = _exact_min(m, c1, lo, hi)
+    rows2 = np.array([[0.0, 1.0, -1.0], [1.0, 0.0, -1.0]])
+    off = np.array([0.0, 0.05])
+    t2 = _exact_min(m, rows2, lo, hi, off)  # min over x of max_i (rows2_i f(x) - off_i)
+    cfg = ReluSplitConfig(dtype=torch.float64, batch=64, root_iterations=5)
+    for shift, want in ((-1e-3, "unsat"), (1e-3, "sat")):
+        g = shift * (1 + abs(t2))
+        clause1 = Clause(c1.reshape(1, -1), np.array([m1 - 1e-3 * (1 + abs(m1))]))  # never holds
+        clause2 = Clause(rows2, off + t2 + g)
+        case = Case(InputBox(lo, hi), OutputSpec((clause1, clause2)))
+
+        def is_ce(x, case=case):
+            return bool(case.output.satisfied(m(x.double().reshape(1, -1)).detach().numpy().reshape(-1)))
+
+        out = relu_split(net, case, deadline=time.monotonic() + 60, config=cfg, is_candidate=is_ce)
+        assert out.verdict == want, (seed, shift, out)
+        if want == "sat":
+            y = m(torch.from_numpy(out.candidate).reshape(1, -1)).detach().numpy().reshape(-1)
+            assert clause2.satisfied(y)
 
 
 def test_verify_with_forced_relu_strategy_and_progress():
@@ -145,3 +184,35 @@ def test_frontier_best_first_and_budget():
     depth.push({"v": torch.arange(3)})
     depth.push({"v": torch.arange(3, 5)})
     assert depth.pop(3)["v"].tolist() == [3, 4, 2]
+
+
+class _ReluThenSigmoid(nn.Module):
+    def forward(self, x):
+        return (torch.sigmoid(4 * torch.relu(x[:, :1])) - torch.sigmoid(4 * x[:, 1:2]))
+
+
+def test_exact_leaves_only_for_piecewise_linear_networks():
+    """A fully split domain is affine only when ReLUs are the only nonlinearity: with a
+    sigmoid the search says "unknown" (or proves it), never guesses."""
+    import time
+
+    from perturbkit.verify.relu_split import ReluSplit, prepare_root
+
+    net = pk.load(_ReluThenSigmoid(), torch.zeros(1, N_IN, dtype=torch.float64))
+    lo, hi = -np.ones(N_IN), np.ones(N_IN)
+    # min over the box is sigmoid(0) - sigmoid(4) = -0.482: "y <= -0.49" never holds
+    case = Case(InputBox(lo, hi), OutputSpec((Clause(np.array([[1.0]]), np.array([-0.49])),)))
+    cfg = ReluSplitConfig(dtype=torch.float64, root_iterations=0, beta=replace(ReluSplitConfig().beta, iterations=2))
+    out = relu_split(net, case, deadline=time.monotonic() + 30, config=cfg)
+    assert out.verdict in ("unsat", "unknown")
+    if out.verdict == "unknown":
+        assert "other nonlinearities" in out.reason
+    C = torch.tensor([[1.0]], dtype=torch.float64)
+    root = prepare_root(net, torch.from_numpy(lo), torch.from_numpy(hi), C, cfg)
+    one = torch.zeros(1, 1, 1, dtype=torch.float64)
+    assert not ReluSplit(net, root, C[None], one[0], one[0], torch.from_numpy(lo), torch.from_numpy(hi), cfg,
+                         None).piecewise_linear
+    relu_net = pk.load(_mlp(0), torch.zeros(1, N_IN, dtype=torch.float64))
+    root = prepare_root(relu_net, torch.from_numpy(lo), torch.from_numpy(hi), torch.ones(1, 3, dtype=torch.float64), cfg)
+    assert ReluSplit(relu_net, root, torch.ones(1, 1, 3, dtype=torch.float64), one[0], one[0], torch.from_numpy(lo),
+                     torch.from_numpy(hi), cfg, None).piecewise_linear

@@ -33,6 +33,7 @@ class BatchConfig:
     resume: bool = False
     timeout_scale: float = 1.0
     progress: bool = True
+    strategy: str = "auto"
 
 
 def validate(cfg: BatchConfig) -> None:
@@ -56,7 +57,7 @@ def command(cfg: BatchConfig) -> int:
     try:
         summary = run_campaign(cfg.instances, root=cfg.root, out=cfg.out, workers=cfg.workers or 1,
                                ray_address=cfg.ray, resume=cfg.resume, progress=cfg.progress,
-                               timeout_scale=cfg.timeout_scale)
+                               timeout_scale=cfg.timeout_scale, strategy=cfg.strategy)
     except CampaignInterrupted as stop:
         print(stop.summary.table(), flush=True)
         print(f"perturbkit: error: interrupted; {cfg.out} holds the finished rows: rerun with --resume "

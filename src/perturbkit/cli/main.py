@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the VNN-COMP result file: the verdict, and for sat the counterexample")
     v.add_argument("--json", dest="json_out", default=None, metavar="OUT",
                    help="also write the result as JSON to OUT (atomically, only on success)")
+    v.add_argument("--strategy", default="auto", choices=["auto", "input", "relu"],
+                   help="branch and bound on input dimensions or on ReLU neurons (beta-CROWN); "
+                        "default auto: input splits for <= 16 inputs or networks without ReLU")
+    v.add_argument("--verbose", "-v", action="store_true",
+                   help="report branch and bound on stderr about once a second: domains bounded, "
+                        "open, worst lower bound, domains per second")
     v.set_defaults(handler=_verify)
 
     vb = sub.add_parser("verify-batch", help="verify every instance of a VNN-COMP instances.csv",
@@ -91,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="results CSV (default: results.csv in the current folder); counterexamples go "
                          "to a counterexamples/ folder beside it")
     vb.add_argument("--workers", type=int, default=None, metavar="N",
-                    help="local worker processes, one torch thread each (default: 1)")
+                    help="local worker processes; the CPUs are shared among them (torch threads per "
+                         "worker: CPUs // N; default: 1 worker using every CPU)")
     vb.add_argument("--ray", default=None, metavar="ADDRESS",
                     help="run the instances as Ray tasks on the cluster at ADDRESS (auto, HOST:PORT, "
                          "ray://HOST:PORT, or local); needs pip install 'perturbkit[ray]'")
@@ -101,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="multiply every instance's timeout by F (default: 1)")
     vb.add_argument("--no-progress", dest="progress", action="store_false",
                     help="no progress bar on stderr")
+    vb.add_argument("--strategy", default="auto", choices=["auto", "input", "relu"],
+                    help="the verifier's branch-and-bound strategy for every instance (default auto)")
     vb.set_defaults(handler=_verify_batch)
 
     a = sub.add_parser("attack", help="attack a model on labelled data (FGSM, PGD, APGD, FAB, Square, AutoAttack)",
@@ -263,7 +272,8 @@ def _verify(args: argparse.Namespace) -> int:
     from perturbkit.cli.verify_cmd import VerifyCmdConfig, command
 
     return command(VerifyCmdConfig(network=args.network, property=args.property, timeout=args.timeout,
-                                   out=args.out, json_out=args.json_out))
+                                   out=args.out, json_out=args.json_out, strategy=args.strategy,
+                                   verbose=args.verbose))
 
 
 def _verify_batch(args: argparse.Namespace) -> int:
@@ -271,7 +281,8 @@ def _verify_batch(args: argparse.Namespace) -> int:
 
     return command(BatchConfig(instances=args.instances, root=args.root, out=args.out,
                                workers=args.workers, ray=args.ray, resume=args.resume,
-                               timeout_scale=args.timeout_scale, progress=args.progress))
+                               timeout_scale=args.timeout_scale, progress=args.progress,
+                               strategy=args.strategy))
 
 
 def _attack(args: argparse.Namespace) -> int:

@@ -29,6 +29,8 @@ class VerifyCmdConfig:
     timeout: float = DEFAULT_TIMEOUT
     out: Optional[str] = None
     json_out: Optional[str] = None
+    strategy: str = "auto"
+    verbose: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,36 @@ def run_verify(cfg: VerifyCmdConfig) -> VerifyOutcome:
         res = Result("timeout", None, 0.0, {"timed_out_loading": True})
     else:
         from perturbkit.verify.instance import verify_with_deadline
+        from perturbkit.verify.runner import VerifyConfig
 
-        res = verify_with_deadline(network, prop, timeout=left, grace=GRACE_S)
+        res = verify_with_deadline(network, prop, timeout=left, grace=GRACE_S,
+                                   config=VerifyConfig(strategy=cfg.strategy),
+                                   progress=Reporter() if cfg.verbose else None)
     return VerifyOutcome(res, network.n_inputs, network.n_outputs, len(prop.cases),
                          time.monotonic() - t0)
+
+
+class Reporter:
+    """``--verbose``: one line on stderr at most every ``every`` seconds while branch and bound
+    runs: strategy, domains bounded, open domains, the worst lower bound, domains per second."""
+
+    def __init__(self, every: float = 1.0, stream=None):
+        self.every, self.stream, self.last = every, stream, 0.0
+
+    def __call__(self, info: dict) -> None:
+        import sys
+
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        parts = [f"{info.get('strategy', '?')}:", f"{info.get('domains', 0)} domains", f"{info.get('open', 0)} open"]
+        worst = info.get("worst")
+        if worst is not None and worst != float("-inf"):
+            parts.append(f"worst lower bound {worst:.4g}")
+        if "rate" in info:
+            parts.append(f"{info['rate']:.0f}/s")
+        print("  ".join(parts), file=self.stream or sys.stderr, flush=True)
 
 
 def result_file_text(res) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from functools import partial
 import os
 import signal
 import sys
@@ -237,7 +238,7 @@ def _raise_interrupt(signum, frame):  # SIGTERM -> the same clean stop as Ctrl-C
 def run_campaign(instances_csv: str | os.PathLike, *, root: str | os.PathLike | None = None,
                  out: str | os.PathLike, workers: int = 1, ray_address: Optional[str] = None,
                  resume: bool = False, progress: bool = True, timeout_scale: float = 1.0,
-                 grace: float = GRACE_S, _task: Optional[Callable] = None) -> CampaignSummary:
+                 grace: float = GRACE_S, strategy: str = "auto", _task: Optional[Callable] = None) -> CampaignSummary:
     """Run every instance of ``instances_csv`` not yet in ``out``; see the module docstring.
 
     Args:
@@ -250,6 +251,7 @@ def run_campaign(instances_csv: str | os.PathLike, *, root: str | os.PathLike | 
         resume: skip the instances already in ``out``.
         progress: a tqdm progress bar (and one line per error or wrong answer) on stderr.
         timeout_scale: multiply every instance's timeout by this factor.
+        strategy: the verifier's strategy for every instance (``"auto"``, ``"input"``, ``"relu"``).
     Returns:
         :class:`CampaignSummary` over all the csv's instances (this run and earlier ones).
     Raises:
@@ -260,6 +262,10 @@ def run_campaign(instances_csv: str | os.PathLike, *, root: str | os.PathLike | 
         raise InputError(f"workers must be an integer >= 1, got {workers!r}")
     if not (isinstance(timeout_scale, (int, float)) and math.isfinite(timeout_scale) and timeout_scale > 0):
         raise InputError(f"timeout scale must be a finite number > 0, got {timeout_scale!r}")
+    from perturbkit.verify.runner import STRATEGIES
+
+    if strategy not in STRATEGIES:
+        raise InputError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     instances, duplicates = read_instances(instances_csv, root=root, timeout_scale=timeout_scale)
     answers_path = Path(instances_csv).parent / "answers.csv"
     answers = read_answers(answers_path) if answers_path.is_file() else None
@@ -271,14 +277,24 @@ def run_campaign(instances_csv: str | os.PathLike, *, root: str | os.PathLike | 
     try:
         return _run(instances, duplicates, answers, instances_csv=instances_csv, out=out, workers=workers,
                     ray_address=ray_address, resume=resume, progress=progress, grace=grace,
-                    task=_task or verify_instance)
+                    task=_task or partial(verify_instance, strategy=strategy, threads=_threads(workers, ray_address)),
+                    strategy=strategy)
     finally:
         if ray_started:
             ray_backend.disconnect()
 
 
+def _threads(workers: int, ray_address: Optional[str]) -> int:
+    """torch threads per instance: the machine's CPUs shared by the local workers (1 on Ray:
+    a task holds one CPU)."""
+    if ray_address is not None:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // workers)
+
+
 def _run(instances, duplicates, answers, *, instances_csv, out, workers, ray_address, resume, progress,
-         grace, task) -> CampaignSummary:
+         grace, task, strategy: str = "auto") -> CampaignSummary:
     """run_campaign once the instances are read and Ray (if asked for) is connected."""
     results = ResultsFile(out, resume=resume)
     todo = [i for i in instances if i.key not in results.previous]
@@ -328,7 +344,7 @@ def _run(instances, duplicates, answers, *, instances_csv, out, workers, ray_add
         elif ray_address is not None:
             from perturbkit.verify.ray_backend import run_ray
 
-            run_ray(todo, grace=grace, on_result=on_result)
+            run_ray(todo, grace=grace, on_result=on_result, strategy=strategy)
         else:
             run_local(todo, workers=workers, grace=grace, on_result=on_result, task=task)
     except KeyboardInterrupt:

@@ -8,7 +8,7 @@ The :class:`Frontier` holds the open domains; :func:`branch_and_bound` is the on
     pop a batch -> strategy.bound (one batched bound call) -> drop the proved domains
     -> strategy.probe (candidate counterexamples, executed) -> strategy.split -> push
 
-Strategies (:mod:`.input_split`, :mod:`.relu_split`) say how to bound, probe and split;
+Strategies (:class:`.bab.InputSplit`, :class:`.relu_split.ReluSplit`) say how to bound, probe and split;
 the loop owns the deadline, the batch size (sized to the time left from the cost per domain
 measured so far), the memory cap of the frontier and progress reports.
 
@@ -147,6 +147,8 @@ class BabOutcome:
     candidate: Optional[np.ndarray] = None
     boxes: int = 0  # domains bounded
     batches: int = 0
+    #: further bounds computed while splitting (e.g. the children of every candidate neuron)
+    evaluated: int = 0
     #: fraction of the input box proved so far (input splitting)
     proved: float = 0.0
     #: why "unknown" (e.g. the frontier outgrew its memory)
@@ -190,8 +192,8 @@ def branch_and_bound(strategy: Strategy, frontier: Frontier, *, deadline: float,
 
     ``strategy.bound`` gets the popped batch and returns a :class:`Bounded`; the open
     domains go to ``strategy.probe`` (a confirmed counterexample, or None) and
-    ``strategy.split`` (children, their keys, and how many more domains it bounded on the
-    way, e.g. children it proved while choosing the split).  ``progress(outcome, frontier,
+    ``strategy.split`` (children, their keys, and how many more bounds it computed on the
+    way, e.g. for the children of candidate splits: ``BabOutcome.evaluated``).  ``progress(outcome, frontier,
     rate)`` after every batch (rate: domains per second).
     """
     out = BabOutcome("unsat")
@@ -226,7 +228,7 @@ def branch_and_bound(strategy: Strategy, frontier: Frontier, *, deadline: float,
                 out.verdict, out.candidate = "sat", x
                 return out
             children, keys, extra = strategy.split(opened, b_open)
-            out.boxes += extra
+            out.evaluated += extra
             frontier.push(children, keys)
         spent = (time.monotonic() - t_batch) / N
         per_domain = spent if per_domain is None else 0.7 * per_domain + 0.3 * spent

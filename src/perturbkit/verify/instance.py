@@ -87,7 +87,7 @@ def _plain(v: Any) -> Any:
     return v if isinstance(v, (bool, int, float, str)) or v is None else str(v)
 
 
-def verify_with_deadline(network, prop, *, timeout: float, grace: float = GRACE_S, config=None):
+def verify_with_deadline(network, prop, *, timeout: float, grace: float = GRACE_S, config=None, progress=None):
     """``verify(network, prop, timeout=timeout)``, but back within ``timeout + grace`` seconds.
 
     Returns the verifier's :class:`~perturbkit.verify.result.Result`, or, when it overruns,
@@ -102,7 +102,8 @@ def verify_with_deadline(network, prop, *, timeout: float, grace: float = GRACE_
 
     def work() -> None:
         try:
-            box["result"] = verify(network, prop, timeout=timeout, config=config)
+            extra = {} if progress is None else {"progress": progress}
+            box["result"] = verify(network, prop, timeout=timeout, config=config, **extra)
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
 
@@ -118,18 +119,20 @@ def verify_with_deadline(network, prop, *, timeout: float, grace: float = GRACE_
 
 
 def verify_instance(onnx_path: str, vnnlib_path: str, timeout: float, *, grace: float = GRACE_S,
-                    vnnlib_name: Optional[str] = None) -> InstanceResult:
+                    vnnlib_name: Optional[str] = None, strategy: str = "auto", threads: int = 1) -> InstanceResult:
     """Load ``onnx_path``, parse ``vnnlib_path``, verify within ``timeout`` seconds (counted
     from this call), never raising: a failure is ``InstanceResult("error", message=...)``.
 
-    Sets torch to one intra-op thread (campaigns run one instance per CPU).
-    ``vnnlib_name`` is the name used in parse errors (default: the path).
+    Sets torch to ``threads`` intra-op threads (campaigns run one instance per CPU by
+    default; one worker on the whole machine gets all its CPUs).
+    ``vnnlib_name`` is the name used in parse errors (default: the path); ``strategy`` is
+    :attr:`perturbkit.verify.runner.VerifyConfig.strategy`.
     """
     t0 = time.monotonic()
     try:
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(max(1, int(threads)))
         import perturbkit
         from perturbkit.verify.spec import check_sizes
         from perturbkit.verify.vnnlib import parse_vnnlib
@@ -141,7 +144,9 @@ def verify_instance(onnx_path: str, vnnlib_path: str, timeout: float, *, grace: 
         left = timeout - (time.monotonic() - t0)
         if left <= 0:
             return InstanceResult("timeout", 0.0, None, {"timed_out_loading": True})
-        res = verify_with_deadline(network, prop, timeout=left, grace=grace)
+        from perturbkit.verify.runner import VerifyConfig
+
+        res = verify_with_deadline(network, prop, timeout=left, grace=grace, config=VerifyConfig(strategy=strategy))
         ce = None
         if res.counterexample is not None:
             x, y = res.counterexample

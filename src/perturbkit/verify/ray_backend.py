@@ -50,14 +50,14 @@ def _local_copy(data: bytes, name: str) -> str:
 
 
 def ray_task(onnx_data: bytes, onnx_name: str, vnnlib_data: bytes, vnnlib_name: str,
-             timeout: float, grace: float, vnnlib_label: str) -> InstanceResult:
+             timeout: float, grace: float, vnnlib_label: str, strategy: str = "auto") -> InstanceResult:
     """What one Ray task runs: :func:`verify_instance` on local copies of the two files."""
     try:
         onnx_path = _local_copy(onnx_data, onnx_name)
         vnnlib_path = _local_copy(vnnlib_data, vnnlib_name)
     except OSError as exc:
         return InstanceResult("error", message=f"cannot store the instance's files on the worker: {one_line(exc)}")
-    return verify_instance(onnx_path, vnnlib_path, timeout, grace=grace, vnnlib_name=vnnlib_label)
+    return verify_instance(onnx_path, vnnlib_path, timeout, grace=grace, vnnlib_name=vnnlib_label, strategy=strategy)
 
 
 def connect(address: str) -> bool:
@@ -78,7 +78,8 @@ def disconnect() -> None:
     require_ray().shutdown()
 
 
-def run_ray(jobs, *, grace: float, on_result: Callable[[object, InstanceResult], None]) -> None:
+def run_ray(jobs, *, grace: float, on_result: Callable[[object, InstanceResult], None],
+            strategy: str = "auto") -> None:
     """Verify ``jobs`` (campaign Instances) as Ray tasks on the connected cluster;
     ``on_result(job, result)`` per task as it finishes."""
     ray = require_ray()
@@ -91,7 +92,7 @@ def run_ray(jobs, *, grace: float, on_result: Callable[[object, InstanceResult],
                 if path not in blobs:
                     blobs[path] = ray.put(Path(path).read_bytes())
             ref = remote.remote(blobs[job.onnx_path], Path(job.onnx_path).name, blobs[job.vnnlib_path],
-                                Path(job.vnnlib_path).name, job.timeout, grace, job.vnnlib_path)
+                                Path(job.vnnlib_path).name, job.timeout, grace, job.vnnlib_path, strategy)
             refs[ref] = job
         pending = list(refs)
         while pending:

@@ -49,7 +49,7 @@ from perturbkit.bounds.beta_crown import (BetaConfig, SplitIndex, beta_crown, cl
                                           initial_alpha)
 from perturbkit.bounds.engine import Context, make_context
 from perturbkit.graph.network import Network
-from perturbkit.ops.base import Interval
+from perturbkit.ops.registry import rule_for
 from perturbkit.sets.box import Box
 from perturbkit.verify.falsify import clause_max, pgd_from
 from perturbkit.verify.frontier import BabOutcome, Bounded, Frontier, _rows, branch_and_bound
@@ -158,6 +158,9 @@ class ReluSplit:
         self.lo, self.hi = lo, hi  # (n,) the case's box, in config.dtype
         self.is_candidate = is_candidate
         self.found: Optional[np.ndarray] = None
+        #: only ReLU/LeakyReLU nonlinearities: a fully split domain is affine (exact leaves)
+        self.piecewise_linear = all(rule_for(n, net.graph.source).kind == "affine" or n.op_type in ("Relu", "LeakyRelu")
+                                    for n in net.graph.nodes)
         self.root_lo = torch.cat([root.intervals[n.inputs[0]].lo.reshape(-1)[i] for n, i, *_ in root.split.parts()]
                                  ) if root.split.total else torch.zeros(0, dtype=config.dtype)
         self.root_hi = torch.cat([root.intervals[n.inputs[0]].hi.reshape(-1)[i] for n, i, *_ in root.split.parts()]
@@ -252,6 +255,9 @@ class ReluSplit:
         score = self.scores(doms, b)
         leaf = ~torch.isfinite(score).any(1) if U else torch.ones(score.shape[0], dtype=torch.bool)
         if bool(leaf.any()):  # every splittable neuron fixed: the domain is a polytope, solved exactly
+            if not self.piecewise_linear:
+                raise _Undecided("every ReLU of a domain is split and its bound does not prove it; the "
+                                 "network has other nonlinearities, so no exact answer there")
             cand = self._exact_leaves({k: v[leaf] for k, v in doms.items()})
             if cand is not None:
                 self.found = cand
@@ -419,13 +425,14 @@ def relu_split(net: Network, case: Case, *, deadline: float, config: ReluSplitCo
 
     def report(o, fr, rate):
         if progress:
-            progress({"domains": o.boxes, "open": len(fr), "worst": fr.worst(), "rate": rate})
+            progress({"domains": o.boxes, "open": len(fr), "worst": fr.worst(), "rate": rate,
+                      "children_bounded": o.evaluated})
 
     try:
         res = branch_and_bound(strat, frontier, deadline=deadline, batch=config.batch, progress=report)
     except _Undecided as e:
         res = BabOutcome("unknown", reason=str(e))
     if res.verdict == "unsat" and strat.found is not None:
-        res = BabOutcome("sat", candidate=strat.found, boxes=res.boxes, batches=res.batches)
-    res.stats = out.stats
+        res = BabOutcome("sat", candidate=strat.found, boxes=res.boxes, batches=res.batches, evaluated=res.evaluated)
+    res.stats = {**out.stats, "children_bounded": res.evaluated}
     return res

@@ -150,8 +150,10 @@ def verify(network: Network, prop: Union[Property, str], *, timeout: float = 60.
                               progress=report)
         stats["boxes"] += out.boxes
         stats["batches"] += out.batches
-        if getattr(out, "reason", ""):
+        if out.reason:
             stats["reason"] = out.reason
+        if out.evaluated:
+            stats["children_bounded"] = stats.get("children_bounded", 0) + out.evaluated
         if out.verdict == "sat":
             return done("sat", check.confirm(network, case, out.candidate))
         if out.verdict == "timeout":
