@@ -83,9 +83,12 @@ def test_split_bounds_hold_in_their_region(kind, seed):
     alpha = torch.rand(N, 4, U, generator=g, dtype=DT)
     beta = torch.rand(N, 4, U, generator=g, dtype=DT) * torch.tensor([0.1, 1.0, 10.0], dtype=DT).repeat(4)[:N, None, None]
     A = C.reshape(1, 4, *net.graph.output_shape).expand(N, 4, *net.graph.output_shape)
-    for iters in (0, 6):
+    for iters, prune in ((0, False), (6, False), (12, True)):
         ctx = _domain_context(root, clamp_intervals(root.intervals, root.split, signs), N)
-        res = beta_crown(ctx, root.split, signs, A, alpha, beta, BetaConfig(iterations=iters, stop_above=None))
+        # with prune: half the sub-problems count as done at once (they leave the optimisation)
+        stop = torch.where(torch.arange(N)[:, None] % 2 == 0, -math.inf, math.inf).expand(N, 4).to(DT) if prune else None
+        res = beta_crown(ctx, root.split, signs, A, alpha, beta, BetaConfig(iterations=iters, stop_above=None,
+                                                                            prune_every=2), stop_at=stop)
         assert res.lower.shape == (N, 4)
         for i in range(N):
             s = signs[i].to(DT)

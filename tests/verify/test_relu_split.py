@@ -216,3 +216,25 @@ def test_exact_leaves_only_for_piecewise_linear_networks():
     root = prepare_root(relu_net, torch.from_numpy(lo), torch.from_numpy(hi), torch.ones(1, 3, dtype=torch.float64), cfg)
     assert ReluSplit(relu_net, root, torch.ones(1, 1, 3, dtype=torch.float64), one[0], one[0], torch.from_numpy(lo),
                      torch.from_numpy(hi), cfg, None).piecewise_linear
+
+
+@pytest.mark.parametrize("act", [nn.Tanh, nn.Sigmoid])
+def test_smooth_networks_with_many_inputs_are_answered(act):
+    """No ReLU to split: input splitting after alpha-CROWN; an easy true property is
+    proved and a false one is broken (the counterexample executes to a violation)."""
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Linear(N_IN, 8), act(), nn.Linear(8, 2)).double().eval()
+    net = pk.load(m, torch.zeros(1, N_IN, dtype=torch.float64))
+    lo, hi = -0.05 * np.ones(N_IN), 0.05 * np.ones(N_IN)
+    x = torch.from_numpy((lo + hi) / 2).reshape(1, -1)
+    y0 = m(x).detach().numpy().reshape(-1)
+    c = np.array([1.0, -1.0])
+    v0 = float(c @ y0)
+    for d, want in ((v0 - 1.0, "unsat"), (v0 + 1e-3, "sat")):
+        prop = Property(N_IN, 2, (_case(lo, hi, c, d),))
+        res = verify(net, prop, timeout=60)
+        assert res.verdict == want
+        assert res.stats["strategy"] == "input"
+        if want == "sat":
+            xs, ys = res.counterexample
+            assert float(c @ m(torch.from_numpy(xs).reshape(1, -1)).detach().numpy().reshape(-1)) <= d

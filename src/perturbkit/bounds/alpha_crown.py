@@ -74,6 +74,14 @@ class Adam:
         self.v = [torch.zeros_like(p) for p in params]
         self.t = 0
 
+    def restricted(self, params: list[Tensor], keep: Tensor) -> "Adam":
+        """The same optimiser on ``params``, the rows ``keep`` of the current ones (moments kept)."""
+        new = Adam(params, self.lr, self.betas, self.eps)
+        new.m = [m[keep].clone() for m in self.m]
+        new.v = [v[keep].clone() for v in self.v]
+        new.t = self.t
+        return new
+
     def step(self, grads) -> None:
         self.t += 1
         b1, b2 = self.betas

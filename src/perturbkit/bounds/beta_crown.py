@@ -50,7 +50,9 @@ class BetaConfig:
         lr_alpha, lr_beta: Adam learning rates of the slopes and of the multipliers.
         lr_decay: multiplicative learning-rate decay per step.
         stop_above: stop once every sub-problem has a row whose bound exceeds it (None: run
-            all iterations).
+            all iterations), unless the caller gives per-row thresholds (``stop_at``).
+        prune_every: every this many steps, sub-problems already done leave the batch (when
+            at least a quarter are).
     """
 
     iterations: int = 30
@@ -58,6 +60,7 @@ class BetaConfig:
     lr_beta: float = 0.05
     lr_decay: float = 0.98
     stop_above: Optional[float] = 0.0
+    prune_every: int = 5
 
 
 class SplitIndex:
@@ -180,7 +183,8 @@ def evaluate(ctx: Context, split: SplitIndex, signs: Tensor, A_out: Tensor, alph
 
 
 def beta_crown(ctx: Context, split: SplitIndex, signs: Tensor, A_out: Tensor, alpha: Tensor, beta: Tensor,
-               config: BetaConfig = BetaConfig(), floor: Optional[Tensor] = None) -> BetaResult:
+               config: BetaConfig = BetaConfig(), floor: Optional[Tensor] = None,
+               stop_at: Optional[Tensor] = None) -> BetaResult:
     """Optimised lower bounds of ``<A_out, f(x)>`` on N sub-problems.
 
     Args:
@@ -189,6 +193,8 @@ def beta_crown(ctx: Context, split: SplitIndex, signs: Tensor, A_out: Tensor, al
         A_out: (N, S, *output_shape) rows.
         alpha, beta: (N, S, U) starting parameters (beta >= 0; only split neurons' matter).
         floor: (N, S) bounds already known (e.g. the parent's): the result is never below it.
+        stop_at: (N, S) a sub-problem is done once one of its rows' bound exceeds this: it
+            leaves the optimisation (every ``config.prune_every`` steps), the rest go on.
     Returns:
         :class:`BetaResult`.
     """
@@ -198,41 +204,59 @@ def beta_crown(ctx: Context, split: SplitIndex, signs: Tensor, A_out: Tensor, al
                      ) if split.total else torch.zeros(0, dtype=ctx.dtype)
     hi_a = torch.cat([torch.full((b - a,), r[1], dtype=ctx.dtype) for (_, _, _, a, b), r in zip(split.parts(), ranges)]
                      ) if split.total else torch.zeros(0, dtype=ctx.dtype)
+    full_ctx = ctx
     split_mask = (signs != 0).unsqueeze(1)  # (N, 1, U)
-    alpha = alpha.detach().clone()
-    beta = torch.where(split_mask, beta.detach().clamp_min(0.0), torch.zeros_like(beta))
+    beta0 = torch.where(split_mask, beta.detach().clamp_min(0.0), torch.zeros_like(beta))
     best = torch.full((N, S), -math.inf, dtype=ctx.dtype, device=ctx.device) if floor is None else floor.clone()
     best_total = torch.full((N,), -math.inf, dtype=ctx.dtype, device=ctx.device)
-    best_alpha, best_beta = alpha.clone(), beta.clone()
+    best_alpha, best_beta = alpha.detach().clone(), beta0.clone()
     if config.iterations:
-        alpha.requires_grad_(True)
-        beta.requires_grad_(True)
-        opt_a = Adam([alpha], config.lr_alpha)
-        opt_b = Adam([beta], config.lr_beta)
+        act = torch.arange(N, device=ctx.device)  # the sub-problems still optimised
+        a_cur = alpha.detach().clone().requires_grad_(True)
+        b_cur = beta0.clone().requires_grad_(True)
+        sg, A, mask = signs, A_out, split_mask
+        opt_a = Adam([a_cur], config.lr_alpha)
+        opt_b = Adam([b_cur], config.lr_beta)
         with torch.enable_grad():
             for it in range(config.iterations):
-                r = evaluate(ctx, split, signs, A_out, alpha, beta)
+                r = evaluate(ctx, split, sg, A, a_cur, b_cur)
                 with torch.no_grad():
                     rd = r.detach()
                     rd = torch.where(torch.isnan(rd), torch.full_like(rd, -math.inf), rd)
-                    best = torch.maximum(best, rd)
+                    best[act] = torch.maximum(best[act], rd)
                     total = rd.sum(1)
-                    better = total > best_total
-                    best_total = torch.where(better, total, best_total)
-                    best_alpha = torch.where(better[:, None, None], alpha.detach(), best_alpha)
-                    best_beta = torch.where(better[:, None, None], beta.detach(), best_beta)
-                if config.stop_above is not None and bool((best.max(1).values > config.stop_above).all()):
+                    better = total > best_total[act]
+                    best_total[act] = torch.where(better, total, best_total[act])
+                    upd = act[better]
+                    best_alpha[upd] = a_cur.detach()[better]
+                    best_beta[upd] = b_cur.detach()[better]
+                    done = None
+                    if stop_at is not None:
+                        done = (best[act] > stop_at[act]).any(1)
+                    elif config.stop_above is not None:
+                        done = best[act].max(1).values > config.stop_above
+                if done is not None and bool(done.all()):
                     break
                 if it == config.iterations - 1:
                     break
-                ga, gb = torch.autograd.grad(-r.sum(), [alpha, beta], allow_unused=True)
+                ga, gb = torch.autograd.grad(-r.sum(), [a_cur, b_cur], allow_unused=True)
                 with torch.no_grad():
                     opt_a.step([ga])
                     opt_b.step([gb])
                     opt_a.lr *= config.lr_decay
                     opt_b.lr *= config.lr_decay
-                    alpha.copy_(torch.minimum(torch.maximum(alpha, lo_a), hi_a))
-                    beta.clamp_(min=0.0).mul_(split_mask)
+                    a_cur.copy_(torch.minimum(torch.maximum(a_cur, lo_a), hi_a))
+                    b_cur.clamp_(min=0.0).mul_(mask)
+                if done is not None and (it + 1) % config.prune_every == 0 and float(done.float().mean()) >= 0.25:
+                    keep = torch.nonzero(~done).flatten()
+                    act = act[keep]
+                    ctx = _restrict(ctx, keep)
+                    sg, A, mask = sg[keep], A[keep], mask[keep]
+                    a_cur = a_cur.detach()[keep].clone().requires_grad_(True)
+                    b_cur = b_cur.detach()[keep].clone().requires_grad_(True)
+                    opt_a = opt_a.restricted([a_cur], keep)
+                    opt_b = opt_b.restricted([b_cur], keep)
+    ctx = full_ctx
     with torch.no_grad():
         r = evaluate(ctx, split, signs, A_out, best_alpha, best_beta, record=True)
         r = torch.where(torch.isnan(r), torch.full_like(r, -math.inf), r)
@@ -242,3 +266,10 @@ def beta_crown(ctx: Context, split: SplitIndex, signs: Tensor, A_out: Tensor, al
     ctx.activation_coeffs = None
     ctx.input_coeffs = ctx.input_bias = None
     return result
+
+
+def _restrict(ctx: Context, keep: Tensor) -> Context:
+    """The context of the sub-problems ``keep`` (intervals and input set indexed)."""
+    from perturbkit.bounds.pairs import _sub_context
+
+    return _sub_context(ctx, keep, None)

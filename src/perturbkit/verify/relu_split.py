@@ -182,7 +182,8 @@ class ReluSplit:
         d = self.d[clause]
         # (padding rows: d = +inf; their floors stay -inf)
         res = beta_crown(ctx, self.root.split, signs, A, alpha, beta, config,
-                         floor=None if floor is None else torch.where(torch.isfinite(d), floor + d, floor))
+                         floor=None if floor is None else torch.where(torch.isfinite(d), floor + d, floor),
+                         stop_at=d + self.tol[clause])
         return res
 
     def bound(self, doms: dict) -> Bounded:
