@@ -36,6 +36,7 @@ above float32 rounding of the bound computation.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ class ReluSplitConfig:
         root_iterations: alpha-CROWN steps on the root (intermediate bounds optimised).
         beta: the optimisation of every batch (warm-started).
         candidates: neurons evaluated per domain by kFSB (1: the filter score alone).
+        max_split_depth: while the open domains would not fill a batch, each is split on up
+            to this many of its best candidates at once (2^D children).
         pgd_every, pgd_domains, pgd_steps: PGD from the bound minimisers of the
             ``pgd_domains`` worst domains every ``pgd_every`` batches.
         memory_bytes: frontier budget; past it the frontier shrinks, past 1.5x it stops.
@@ -78,6 +81,7 @@ class ReluSplitConfig:
     root_iterations: int = 40
     beta: BetaConfig = field(default_factory=BetaConfig)
     candidates: int = 3
+    max_split_depth: int = 3
     pgd_every: int = 4
     pgd_domains: int = 32
     pgd_steps: int = 20
@@ -288,11 +292,25 @@ class ReluSplit:
         child_best = child.max(1).values.reshape(N, 2, k)
         worse = torch.minimum(child_best[:, 0], child_best[:, 1])
         worse = torch.where(valid, torch.nan_to_num(worse, nan=-math.inf), torch.full_like(worse, -math.inf))
-        pick = worse.argmax(1)  # (N,)
-        ar = torch.arange(N)
-        rows = torch.stack([ar * 2 * k + pick, ar * 2 * k + k + pick], 1).reshape(-1)  # (2N,) active, inactive
-        out = {"signs": signs[rows], "alpha": alpha[rows], "beta": beta[rows], "best": child[rows],
-               "clause": clause[rows], "depth": (doms["depth"] + 1).repeat_interleave(2)}
+        # split the best D candidates at once (2^D children) when the batch would be far from
+        # full: few open domains make small batches, whose fixed costs dominate
+        D = 1
+        if cfg.max_split_depth > 1 and N < cfg.batch:
+            D = int(math.log2(cfg.batch / N))
+        D = max(1, min(D, cfg.max_split_depth, k, int(valid.sum(1).min())))
+        sel = worse.argsort(1, descending=True)[:, :D]  # (N, D) candidate positions, best first
+        combos = torch.tensor(list(itertools.product([0, 1], repeat=D)), dtype=torch.long)  # (2^D, D) side
+        P = combos.shape[0]
+        base = (torch.arange(N) * 2 * k).reshape(N, 1, 1)
+        idx = base + combos.reshape(1, P, D) * k + sel.reshape(N, 1, D)  # (N, P, D) rows of the evaluation
+        floor = child[idx.reshape(-1)].reshape(N, P, D, -1).max(2).values.reshape(N * P, -1)
+        neuron = cand.gather(1, sel)  # (N, D)
+        new_signs = doms["signs"].repeat_interleave(P, 0).reshape(N, P, U)
+        val = torch.where(combos == 0, 1, -1).to(torch.int8).reshape(1, P, D).expand(N, P, D)
+        new_signs.scatter_(2, neuron.reshape(N, 1, D).expand(N, P, D), val)
+        parent = torch.arange(N).repeat_interleave(P)
+        out = {"signs": new_signs.reshape(N * P, U), "alpha": b.data["alpha"][parent], "beta": b.data["beta"][parent],
+               "best": floor, "clause": doms["clause"][parent], "depth": doms["depth"][parent] + D}
         keys = out["best"].max(1).values
         keep = ~((out["best"] > self.tol[out["clause"]]).any(1))
         extra = 2 * N * k
