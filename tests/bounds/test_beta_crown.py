@@ -122,3 +122,61 @@ def test_optimisation_improves_on_the_split_bound():
     opt = beta_crown(ctx, root.split, signs, A, alpha, beta, BetaConfig(iterations=20, stop_above=None)).lower
     assert bool((opt >= base - 1e-12).all())
     assert math.isfinite(float(opt.min()))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "res"])
+@pytest.mark.parametrize("seed", range(3))
+def test_refined_intervals_hold_in_their_region(kind, seed):
+    """Per-domain CROWN bounds of the splittable neurons (refine_intervals) contain every
+    sampled pre-activation of the split region, are never looser than the root's, and a
+    domain called empty has no sampled point; beta-CROWN on the refined intervals stays sound."""
+    from perturbkit.bounds.beta_crown import compress, refine_intervals
+
+    net, _ = _net(kind, seed)
+    n = net.n_inputs
+    g = torch.Generator().manual_seed(100 + seed)
+    lo, hi = -0.6 * torch.ones(n, dtype=DT), 0.6 * torch.ones(n, dtype=DT)
+    C = torch.randn(3, net.n_outputs, generator=g, dtype=DT)
+    root = prepare_root(net, lo, hi, C, ReluSplitConfig(root_iterations=5, dtype=DT))
+    U = root.split.total
+    x = lo + (hi - lo) * torch.rand(60000, n, generator=g, dtype=DT)
+    with torch.no_grad():
+        y = net(x.reshape(-1, *net.sample_shape)).reshape(x.shape[0], -1)
+        z = _pre(net, root, x)
+    N = 16
+    first = root.split.offsets[1]  # neurons of the first split node: splitting them moves the rest
+    signs = torch.zeros(N, U, dtype=torch.int8)
+    for i in range(N):
+        k = 1 + i % 4
+        js = torch.randperm(max(1, first), generator=g)[:k] if first else torch.randperm(U, generator=g)[:k]
+        p = int(torch.randint(0, x.shape[0], (1,), generator=g))
+        s = torch.where(z[p, js] >= 0, 1, -1).to(torch.int8)
+        if i % 4 == 3:
+            s = torch.where(torch.rand(k, generator=g) < 0.5, 1, -1).to(torch.int8)
+        signs[i, js] = s
+    ctx = _domain_context(root, clamp_intervals(root.intervals, root.split, signs), N)
+    rlo, rhi = compress(ctx.intervals, root.split, N)
+    flo, fhi, empty = refine_intervals(ctx, root.split, signs)
+    assert bool((flo >= rlo - 1e-12).all() and (fhi <= rhi + 1e-12).all())
+    if kind == "mlp":  # the splits of the first layer do move the second's bounds
+        assert float((fhi - flo).sum()) < float((rhi - rlo).sum()) - 1e-6
+    checked = 0
+    for i in range(N):
+        inside = ((z * signs[i].to(DT)) >= 0).all(1)
+        if not bool(inside.any()):
+            continue
+        assert not bool(empty[i]), (kind, seed, i)
+        zi = z[inside]
+        assert bool((zi >= flo[i] - 1e-9).all() and (zi <= fhi[i] + 1e-9).all()), (kind, seed, i)
+        checked += 1
+    assert checked >= N // 2
+    A = C.reshape(1, 3, *net.graph.output_shape).expand(N, 3, *net.graph.output_shape)
+    ctx2 = _domain_context(root, clamp_intervals(root.intervals, root.split, signs, flo, torch.maximum(fhi, flo)), N)
+    res = beta_crown(ctx2, root.split, signs, A, root.alpha.expand(N, -1, -1), torch.zeros(N, 3, U, dtype=DT),
+                     BetaConfig(iterations=8, stop_above=None))
+    val = y @ C.T
+    for i in range(N):
+        inside = ((z * signs[i].to(DT)) >= 0).all(1)
+        if bool(inside.any()):
+            worst = val[inside].min(0).values
+            assert bool((worst >= res.lower[i] - 1e-9 * (1 + worst.abs())).all()), (kind, seed, i)

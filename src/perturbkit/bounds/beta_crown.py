@@ -85,26 +85,97 @@ class SplitIndex:
         return torch.bucketize(j, torch.tensor(self.offsets[1:], device=j.device), right=True)
 
 
-def clamp_intervals(root: dict[str, Interval], split: SplitIndex, signs: Tensor) -> dict[str, Interval]:
+def clamp_intervals(root: dict[str, Interval], split: SplitIndex, signs: Tensor,
+                    lo: Optional[Tensor] = None, hi: Optional[Tensor] = None) -> dict[str, Interval]:
     """Intervals of N sub-problems: the root's (batch 1, shared as views) with every split
-    neuron's input clamped to its sign.  signs: (N, U) int8 (+1 active, -1 inactive, 0 free)."""
+    neuron's input clamped to its sign.  signs: (N, U) int8 (+1 active, -1 inactive, 0 free).
+    ``lo``, ``hi`` (N, U), when given, are each sub-problem's own (tighter) bounds of the
+    splittable neurons (:func:`refine_intervals`); they replace the root's before clamping."""
     N = signs.shape[0]
     out = {name: Interval(itv.lo.expand(N, *itv.lo.shape[1:]), itv.hi.expand(N, *itv.hi.shape[1:]))
            for name, itv in root.items()}
     for node, idx, shape, a, b in split.parts():
         name = node.inputs[0]
         s = signs[:, a:b]
-        if not bool(s.any()):
+        if lo is None and not bool(s.any()):
             continue
         itv = root[name]
         n = math.prod(shape)
-        lo = itv.lo.reshape(1, n).expand(N, n).clone()
-        hi = itv.hi.reshape(1, n).expand(N, n).clone()
-        sub_lo, sub_hi = lo[:, idx], hi[:, idx]
-        lo[:, idx] = torch.where(s > 0, sub_lo.clamp_min(0.0), sub_lo)
-        hi[:, idx] = torch.where(s < 0, sub_hi.clamp_max(0.0), sub_hi)
-        out[name] = Interval(lo.reshape(N, *shape), hi.reshape(N, *shape))
+        full_lo = itv.lo.reshape(1, n).expand(N, n).clone()
+        full_hi = itv.hi.reshape(1, n).expand(N, n).clone()
+        sub_lo = full_lo[:, idx] if lo is None else lo[:, a:b]
+        sub_hi = full_hi[:, idx] if hi is None else hi[:, a:b]
+        full_lo[:, idx] = torch.where(s > 0, sub_lo.clamp_min(0.0), sub_lo)
+        full_hi[:, idx] = torch.where(s < 0, sub_hi.clamp_max(0.0), sub_hi)
+        out[name] = Interval(full_lo.reshape(N, *shape), full_hi.reshape(N, *shape))
     return out
+
+
+def compress(intervals: dict[str, Interval], split: SplitIndex, N: int) -> tuple[Tensor, Tensor]:
+    """(N, U) bounds of the splittable neurons read from per-value intervals."""
+    if not split.total:
+        z = torch.zeros(N, 0)
+        return z, z.clone()
+    los, his = [], []
+    for node, idx, shape, a, b in split.parts():
+        itv = intervals[node.inputs[0]]
+        los.append(itv.lo.reshape(itv.lo.shape[0], -1)[:, idx].expand(N, -1))
+        his.append(itv.hi.reshape(itv.hi.shape[0], -1)[:, idx].expand(N, -1))
+    return torch.cat(los, 1), torch.cat(his, 1)
+
+
+def refine_intervals(ctx: Context, split: SplitIndex, signs: Tensor, since: Optional[Tensor] = None,
+                     skip: frozenset = frozenset(), gains: Optional[dict] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Per sub-problem CROWN bounds of the splittable neurons that a split before them can
+    move, node by node in graph order, each node's new bounds used for the next.
+
+    ``ctx`` holds N sub-problems' intervals with the splits clamped (:func:`clamp_intervals`);
+    its intervals are tightened in place (intersected: never looser).  A neuron of node p is
+    recomputed in sub-problem i when some neuron of a node before p is split in i (with
+    ``since`` (N,): when node ``since[i]`` of ``split.nodes`` comes before p, i.e. the
+    sub-problem's intervals already account for the splits older than that) and the
+    neuron is free and unstable there.  Nodes whose position is in ``skip`` keep their
+    bounds; ``gains``, when a dict, gets per recomputed node position the mean relative
+    width reduction of its recomputed neurons.  Returns ``(lo, hi, empty)``: (N, U) bounds and (N,)
+    True where some bound crossed (``lo > hi``: no input of the box meets the splits).
+    Sound for every x of the box whose split neurons have the given signs: the clamped
+    intervals hold for such x, and CROWN from sound intervals is sound.
+    """
+    from perturbkit.bounds.engine import tighten
+
+    N = signs.shape[0]
+    before = torch.zeros(N, dtype=torch.bool, device=signs.device)  # a split in an earlier node
+    empty = torch.zeros(N, dtype=torch.bool, device=signs.device)
+    with torch.no_grad():
+        for p, (node, idx, shape, a, b) in enumerate(split.parts()):
+            if since is not None:
+                before = since < p
+            name = node.inputs[0]
+            itv = ctx.intervals[name]
+            n = math.prod(shape)
+            if p not in skip and bool(before.any()) and idx.numel():
+                lo = itv.lo.reshape(N, n)
+                hi = itv.hi.reshape(N, n)
+                want = torch.zeros(N, n, dtype=torch.bool, device=signs.device)
+                free = (signs[:, a:b] == 0) & (lo[:, idx] < 0) & (hi[:, idx] > 0) & before.unsqueeze(1)
+                want[:, idx] = free
+                if bool(want.any()):
+                    cols = torch.nonzero(want.any(0)).flatten()
+                    new = tighten(ctx, name, Interval(itv.lo.contiguous(), itv.hi.contiguous()), cols, mask=want)
+                    if gains is not None:  # mean relative width reduction of the recomputed neurons
+                        w0 = (hi - lo)[want]
+                        w1 = (new.hi.reshape(N, n) - new.lo.reshape(N, n))[want]
+                        gains[p] = float((1 - w1 / w0.clamp_min(1e-12)).clamp(0, 1).mean())
+                    ctx.intervals[name] = new
+                    itv = new
+            flat_lo = itv.lo.reshape(N, n)[:, idx]
+            flat_hi = itv.hi.reshape(N, n)[:, idx]
+            # crossed by more than rounding could explain: the sub-problem is empty
+            empty |= (flat_lo > flat_hi + 1e-4 * (1 + flat_lo.abs() + flat_hi.abs())).any(1)
+            if since is None:
+                before |= (signs[:, a:b] != 0).any(1)
+    lo, hi = compress(ctx.intervals, split, N)
+    return lo, hi, empty
 
 
 def _full(ctx: Context, split: SplitIndex, compressed: Tensor, fill: Optional[Tensor] = None) -> dict[str, Tensor]:
