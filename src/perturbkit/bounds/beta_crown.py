@@ -114,7 +114,8 @@ def clamp_intervals(root: dict[str, Interval], split: SplitIndex, signs: Tensor,
 def compress(intervals: dict[str, Interval], split: SplitIndex, N: int) -> tuple[Tensor, Tensor]:
     """(N, U) bounds of the splittable neurons read from per-value intervals."""
     if not split.total:
-        z = torch.zeros(N, 0)
+        ref = next(iter(intervals.values())).lo
+        z = torch.zeros(N, 0, dtype=ref.dtype, device=ref.device)
         return z, z.clone()
     los, his = [], []
     for node, idx, shape, a, b in split.parts():

@@ -53,7 +53,7 @@ import torch
 
 from perturbkit.bounds.alpha_crown import AlphaConfig, alpha_crown
 from perturbkit.bounds.beta_crown import (BetaConfig, SplitIndex, beta_crown, clamp_intervals, evaluate,
-                                          initial_alpha, refine_intervals)
+                                          compress, initial_alpha, refine_intervals)
 from perturbkit.bounds.engine import Context, make_context
 from perturbkit.graph.network import Network
 from perturbkit.ops.registry import rule_for
@@ -178,10 +178,8 @@ class ReluSplit:
         #: only ReLU/LeakyReLU nonlinearities: a fully split domain is affine (exact leaves)
         self.piecewise_linear = all(rule_for(n, net.graph.source).kind == "affine" or n.op_type in ("Relu", "LeakyRelu")
                                     for n in net.graph.nodes)
-        self.root_lo = torch.cat([root.intervals[n.inputs[0]].lo.reshape(-1)[i] for n, i, *_ in root.split.parts()]
-                                 ) if root.split.total else torch.zeros(0, dtype=config.dtype)
-        self.root_hi = torch.cat([root.intervals[n.inputs[0]].hi.reshape(-1)[i] for n, i, *_ in root.split.parts()]
-                                 ) if root.split.total else torch.zeros(0, dtype=config.dtype)
+        lo_u, hi_u = compress(root.intervals, root.split, 1)  # (U,) root bounds of the splittable neurons
+        self.root_lo, self.root_hi = lo_u[0].to(config.dtype), hi_u[0].to(config.dtype)
 
     def root_domains(self, clauses: Tensor, alpha: Tensor, margin: Tensor) -> dict:
         """One root domain per clause (clauses (K',), alpha (K', Rm, U), margin (K', Rm))."""
@@ -232,9 +230,8 @@ class ReluSplit:
     def _judge_refinement(self, gains: dict) -> None:
         """Stop recomputing a node's bounds once it does not pay: at once when the mean width
         reduction of its recomputed neurons is under 0.5%, after 3 batches when their running
-        mean is under 2% (on the CNNs of
-        oval21 the root's optimised bounds are rarely beaten; on MLPs the last layers' shrink
-        by 10-30%: docs/benchmarks.md)."""
+        mean is under 2% (on the CNNs of oval21 the root's optimised bounds are not beaten; on
+        MLPs the last layers' shrink by 10-30%: docs/benchmarks.md)."""
         for p, g in gains.items():
             self._own_bounds |= g > 0
             n, mean = self._gain.get(p, (0, 0.0))
