@@ -32,6 +32,7 @@ models: $(STAMP)
 	$(PY) -m pip install -e '.[test,train]'
 	$(PY) -m perturbkit.models.train_digits
 	$(PY) -m perturbkit.models.train_digits --adv
+	$(PY) -m perturbkit.models.train_digits --noise
 	$(PY) -m perturbkit.models.train_transformer
 
 clean:

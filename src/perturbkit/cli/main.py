@@ -1,5 +1,5 @@
 """Entry point of the ``perturbkit`` command:
-``perturbkit {bounds,demo,verify,verify-batch,attack,topk,patch,attack-output,attack-activation} ...``.
+``perturbkit {bounds,demo,verify,verify-batch,attack,topk,patch,attack-output,attack-activation,smooth,conformal} ...``.
 
 Exit codes: 0 success; 2 bad usage or bad input (one line ``perturbkit: error: ...`` on
 stderr, no traceback, no JSON written); 1 an unexpected exception (one line naming the
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "bounds (IBP, CROWN, alpha-CROWN, "
                                             "CROWN-IBP) and verification of VNN-LIB properties.")
     sub = parser.add_subparsers(dest="command", metavar="{bounds,demo,verify,verify-batch,attack,topk,patch,"
-                                                        "attack-output,attack-activation}")
+                                                        "attack-output,attack-activation,smooth,conformal}")
 
     b = sub.add_parser("bounds", help="bound a model's outputs (or label margins) over an Lp ball",
                        description="Bound the outputs of MODEL for every input within an Lp ball "
@@ -249,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="range of the perturbed activation, e.g. 0 inf after a ReLU (default: unbounded)")
     ac.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the JSON record to OUT")
     ac.set_defaults(handler=_attack_activation)
+
+    from perturbkit.cli import smooth_cmd
+
+    smooth_cmd.add_parser(sub)
     return parser
 
 
@@ -390,8 +394,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return int(exc.code or 0)
         handler: Optional[Callable[[argparse.Namespace], int]] = getattr(args, "handler", None)
         if handler is None:
-            return _fail(f"missing command: choose bounds, demo, verify, verify-batch, attack, topk, patch, attack-output or "
-                         f"attack-activation (see '{PROG} --help')", 2)
+            if getattr(args, "command", None) == "smooth":
+                return _fail(f"perturbkit smooth needs an action: certify or predict (see '{PROG} smooth --help')", 2)
+            return _fail(f"missing command: choose bounds, demo, verify, verify-batch, attack, topk, patch, attack-output, "
+                         f"attack-activation, smooth or conformal (see '{PROG} --help')", 2)
         code = handler(args)
         if argv is None:
             _exit_if_stranded(code)

@@ -2,8 +2,9 @@
 
 ``bundled_path("digits-mlp")``, ``bundled_path("digits-cnn")`` and
 ``bundled_path("digits-cnn-adv")`` (PGD adversarially trained at Linf eps 0.2) and
-``bundled_path("digits-transformer")`` (a 2-layer ViT-style encoder on 4x4 patches) give the ONNX
-files; ``load_digits_test()`` gives the held-out test images they were evaluated on.  See
+``bundled_path("digits-transformer")`` (a 2-layer ViT-style encoder on 4x4 patches) and
+``bundled_path("digits-cnn-noise")`` (a wider CNN trained with Gaussian noise at sigma 0.25, the
+base classifier for randomized smoothing) give the ONNX files; ``load_digits_test()`` gives the held-out test images they were evaluated on.  See
 ``models/README.md`` (next to this file) for how they were trained.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ BUNDLED: Mapping[str, str] = MappingProxyType({
     "digits-cnn": "digits_cnn.onnx",
     "digits-cnn-adv": "digits_cnn_adv.onnx",
     "digits-transformer": "digits_transformer.onnx",
+    "digits-cnn-noise": "digits_cnn_noise.onnx",
 })
 
 
@@ -32,8 +34,8 @@ def bundled_names() -> list[str]:
 
 
 def bundled_path(name: str) -> Path:
-    """Path of the bundled model ``name`` (``digits-mlp``, ``digits-cnn``, ``digits-cnn-adv`` or
-    ``digits-transformer``)."""
+    """Path of the bundled model ``name`` (``digits-mlp``, ``digits-cnn``, ``digits-cnn-adv``,
+    ``digits-transformer`` or ``digits-cnn-noise``)."""
     try:
         return _HERE / BUNDLED[name]
     except KeyError:
