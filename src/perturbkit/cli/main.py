@@ -250,9 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     ac.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the JSON record to OUT")
     ac.set_defaults(handler=_attack_activation)
 
-    from perturbkit.cli import smooth_cmd
+    from perturbkit.cli import conformal_cmd, smooth_cmd
 
     smooth_cmd.add_parser(sub)
+    conformal_cmd.add_parser(sub)
     return parser
 
 
