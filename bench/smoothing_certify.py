@@ -84,8 +84,8 @@ def main(argv=None) -> int:
     same = sum(a == b for a, b in zip(plain, ours))
     print(f"model {args.model}, {x.shape[0]} points, sigma {args.sigma}, n0 {args.n0}, n {args.n}, alpha {args.alpha}, "
           f"{args.threads} thread(s)")
-    print(f"| implementation | time (s) | points/s | identical answers |")
-    print(f"| --- | --- | --- | --- |")
+    print("| implementation | time (s) | points/s | identical answers |")
+    print("| --- | --- | --- | --- |")
     print(f"| plain per point (paper) | {t_plain:.2f} | {x.shape[0] / t_plain:.1f} | |")
     print(f"| perturbkit certify_batch | {t_ours:.2f} | {x.shape[0] / t_ours:.1f} | {same} of {x.shape[0]} |")
     print(f"speed-up {t_plain / t_ours:.2f}x")

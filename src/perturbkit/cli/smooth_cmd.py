@@ -14,7 +14,6 @@ per-point records.
 """
 from __future__ import annotations
 
-import datetime
 import math
 import os
 import time
@@ -22,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
 from perturbkit.cli._attack_common import _check_outputs
 from perturbkit.errors import InputError
@@ -71,9 +69,9 @@ def validate(cfg: SmoothCmdConfig) -> None:
 
 
 def _header(action: str) -> str:
-    from perturbkit.smoothing.evaluate import TSV_HEADER
+    from perturbkit.smoothing.evaluate import PREDICT_TSV_HEADER, TSV_HEADER
 
-    return TSV_HEADER if action == "certify" else "idx\tlabel\tpredict\tcorrect\ttime"
+    return TSV_HEADER if action == "certify" else PREDICT_TSV_HEADER
 
 
 def _done_rows(path: str, action: str) -> dict[int, list[str]]:
@@ -194,29 +192,19 @@ def _certify(cfg, smooth, x, y, todo, fh) -> list[dict]:
 def _predict(cfg, smooth, x, y, todo, fh) -> list[dict]:
     import torch
 
-    out = []
-    bar = None
-    if cfg.progress and todo:
-        from tqdm import tqdm
+    from perturbkit.smoothing.evaluate import format_predict_row, predict_dataset
 
-        bar = tqdm(total=len(todo), desc="predict", unit="pt", leave=False)
-    try:
-        for i in todo:  # one point at a time: each row is on disk as soon as it is known
-            t = time.perf_counter()
-            (pred,) = smooth.predict_batch(torch.from_numpy(x[i:i + 1]), cfg.n, cfg.alpha, batch_size=cfg.batch_size,
-                                           seed=cfg.seed, indices=[i])
-            dt = time.perf_counter() - t
-            r = {"idx": i, "label": int(y[i]), "predict": int(pred), "correct": bool(pred == y[i]), "time_s": dt}
-            if fh is not None:
-                fh.write(f"{i}\t{int(y[i])}\t{int(pred)}\t{int(r['correct'])}\t{datetime.timedelta(seconds=dt)}\n")
-                fh.flush()
-            out.append(r)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    return out
+    def write(r):
+        if fh is not None:
+            fh.write(format_predict_row(r) + "\n")
+            fh.flush()
+
+    if not todo:
+        return []
+    recs = predict_dataset(smooth, torch.from_numpy(x[todo]), y[todo], n=cfg.n, alpha=cfg.alpha,
+                           batch_size=cfg.batch_size, seed=cfg.seed, indices=todo, on_record=write,
+                           progress=cfg.progress)
+    return [r.to_json() for r in recs]
 
 
 def _record(cfg: SmoothCmdConfig, records: list[dict], took: float, new: int) -> dict:

@@ -10,9 +10,11 @@ reference does (``{:.3}`` radius, time as ``H:MM:SS.ffffff``).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from perturbkit.smoothing.certify import ABSTAIN, Smooth
 from perturbkit.smoothing.stats import max_certifiable_radius
 
 TSV_HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
+PREDICT_TSV_HEADER = "idx\tlabel\tpredict\tcorrect\ttime"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,40 @@ class CertifyRecord:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class PredictRecord:
+    """One point of PREDICT: ``predict`` is -1 when it abstains."""
+
+    idx: int
+    label: int
+    predict: int
+    correct: bool
+    time_s: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def format_predict_row(r: PredictRecord) -> str:
+    """``idx label predict correct time`` as Cohen et al.'s ``predict.py`` prints them."""
+    return f"{r.idx}\t{r.label}\t{r.predict}\t{int(r.correct)}\t{datetime.timedelta(seconds=r.time_s)}"
+
+
+@contextlib.contextmanager
+def _progress(total: int, desc: str, enabled: bool) -> Iterator[Callable[[], None]]:
+    """A callable that advances a tqdm bar by one point (a no-op when not ``enabled``)."""
+    if not enabled or total == 0:
+        yield lambda: None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="pt", leave=False)
+    try:
+        yield lambda: bar.update(1)
+    finally:
+        bar.close()
+
+
 def format_tsv_row(r: CertifyRecord) -> str:
     """``idx label predict radius correct time`` as Cohen et al.'s ``certify.py`` prints them."""
     return (f"{r.idx}\t{r.label}\t{r.predict}\t{r.radius:.3}\t{int(r.correct)}\t"
@@ -76,13 +113,8 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: np.ndarray, cfg: Certify
         raise InputError(f"{x.shape[0]} inputs but {len(y)} labels")
     idx = list(range(x.shape[0])) if indices is None else [int(i) for i in indices]
     label_of = dict(zip(idx, y.tolist()))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(idx), desc="certify", unit="pt", leave=False)
     out = []
-    try:
+    with _progress(len(idx), "certify", progress) as tick:
         for c in smooth.certify_batch(x, cfg.n0, cfg.n, cfg.alpha, batch_size=cfg.batch_size, seed=cfg.seed,
                                       indices=idx):
             label = int(label_of[c.index])
@@ -91,11 +123,30 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: np.ndarray, cfg: Certify
             out.append(r)
             if on_record is not None:
                 on_record(r)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            tick()
+    return out
+
+
+def predict_dataset(smooth: Smooth, x: torch.Tensor, y: np.ndarray, *, n: int, alpha: float,
+                    batch_size: Optional[int] = None, seed: int = 0, indices: Optional[Sequence[int]] = None,
+                    on_record: Optional[Callable[[PredictRecord], None]] = None,
+                    progress: bool = False) -> list[PredictRecord]:
+    """PREDICT every point of ``x`` ``(N, *sample_shape)`` (labels ``y``), one point per call so
+    each record (``on_record``) is known as soon as it is decided."""
+    y = np.asarray(y, dtype=np.int64)
+    if len(y) != x.shape[0]:
+        raise InputError(f"{x.shape[0]} inputs but {len(y)} labels")
+    idx = list(range(x.shape[0])) if indices is None else [int(i) for i in indices]
+    out = []
+    with _progress(len(idx), "predict", progress) as tick:
+        for k, i in enumerate(idx):
+            t = time.perf_counter()
+            (pred,) = smooth.predict_batch(x[k:k + 1], n, alpha, batch_size=batch_size, seed=seed, indices=[i])
+            r = PredictRecord(i, int(y[k]), int(pred), int(pred) == int(y[k]), time.perf_counter() - t)
+            out.append(r)
+            if on_record is not None:
+                on_record(r)
+            tick()
     return out
 
 
@@ -133,5 +184,5 @@ def summary(records: Sequence[CertifyRecord], *, sigma: float, cfg: CertifyConfi
     }
 
 
-__all__ = ["CertifyConfig", "CertifyRecord", "TSV_HEADER", "accuracy_curve", "certified_accuracy", "certify_dataset",
-           "format_tsv_row", "summary"]
+__all__ = ["CertifyConfig", "CertifyRecord", "PREDICT_TSV_HEADER", "PredictRecord", "TSV_HEADER", "accuracy_curve", "certified_accuracy", "certify_dataset",
+           "format_predict_row", "format_tsv_row", "predict_dataset", "summary"]
