@@ -100,3 +100,17 @@ def test_bad_conformal_input(capsys, tmp_path, extra, match):
     code, out, err = _run(capsys, "conformal", "digits-cnn-noise", "--data", "digits", "--json", js, *extra)
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1
     assert not js.exists()
+
+
+def test_certify_plot_is_an_svg_curve(capsys, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    svg = tmp_path / "c.svg"
+    code, out, err = _run(capsys, "smooth", "certify", "digits-cnn-noise", "--data", "digits", "--sigma", 0.25,
+                          "--n0", 20, "--n", 200, "--max", 5, "--plot", svg, "--no-progress")
+    assert code == 0, err
+    root = ET.fromstring(svg.read_text())
+    assert root.tag.endswith("svg") and list(root.iter("{http://www.w3.org/2000/svg}polyline"))
+    code, _, err = _run(capsys, "smooth", "predict", "digits-cnn-noise", "--data", "digits", "--sigma", 0.25,
+                        "--plot", tmp_path / "p.svg")
+    assert code == 2  # predict has no curve: argparse refuses the flag

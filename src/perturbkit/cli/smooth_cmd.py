@@ -39,6 +39,7 @@ class SmoothCmdConfig:
     alpha: float = 0.001
     out: Optional[str] = None
     json_out: Optional[str] = None
+    plot: Optional[str] = None
     denoiser: Optional[str] = None
     batch_size: Optional[int] = None
     seed: int = 0
@@ -65,7 +66,9 @@ def validate(cfg: SmoothCmdConfig) -> None:
         raise InputError(f"--shape must be positive sizes, got {cfg.shape}")
     if cfg.resume and not cfg.out:
         raise InputError("--resume needs --out (the TSV to continue)")
-    _check_outputs([("--out", cfg.out), ("--json", cfg.json_out)])
+    if cfg.plot and cfg.action != "certify":
+        raise InputError("--plot draws the certified accuracy curve: only for 'smooth certify'")
+    _check_outputs([("--out", cfg.out), ("--json", cfg.json_out), ("--plot", cfg.plot)])
 
 
 def _header(action: str) -> str:
@@ -149,6 +152,13 @@ def command(cfg: SmoothCmdConfig) -> int:
         from perturbkit.cli.io import write_json_atomic
 
         write_json_atomic(cfg.json_out, record)
+    if cfg.plot and records:
+        from perturbkit.cli.io import write_text_checked
+        from perturbkit.smoothing.evaluate import CertifyRecord, curve_svg
+
+        rows = [CertifyRecord(r["idx"], r["label"], r["predict"], r["radius"], r["correct"], r["time_s"], -1, 0.0)
+                for r in records]
+        write_text_checked(cfg.plot, curve_svg(rows, sigma=cfg.sigma, title=f"{cfg.model}: certified accuracy"))
     print(format_summary(cfg, record))
     return 0
 
@@ -250,6 +260,8 @@ def format_summary(cfg: SmoothCmdConfig, rec: dict) -> str:
         lines.append(f"accuracy of the smoothed classifier (abstentions wrong): {acc:.4f}" if acc is not None else "")
     if cfg.out:
         lines.append(f"per-point rows: {Path(cfg.out)}")
+    if cfg.plot and pts:
+        lines.append(f"curve: {Path(cfg.plot)}")
     return "\n".join(lines)
 
 
@@ -278,6 +290,9 @@ def add_parser(sub) -> None:
                        help="per-point TSV, written point by point (columns as Cohen et al.'s scripts)")
         p.add_argument("--resume", action="store_true", help="continue --out: skip the points already in it")
         p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the JSON record to OUT")
+        if action == "certify":
+            p.add_argument("--plot", default=None, metavar="OUT.svg",
+                           help="draw certified accuracy vs radius as an SVG chart")
         p.add_argument("--denoiser", default=None, metavar="MODEL",
                        help="an .onnx denoiser applied to the noisy input before MODEL (denoised smoothing)")
         p.add_argument("--batch-size", type=int, default=None, metavar="B",
@@ -301,6 +316,6 @@ def _handler(args) -> int:
     shape = _ints("--shape", args.shape) if args.shape else None
     return command(SmoothCmdConfig(action=args.smooth_action, model=args.model, data=args.data, sigma=args.sigma,
                                    n0=getattr(args, "n0", 100), n=args.n, alpha=args.alpha, out=args.out,
-                                   json_out=args.json_out, denoiser=args.denoiser, batch_size=args.batch_size,
+                                   json_out=args.json_out, plot=getattr(args, "plot", None), denoiser=args.denoiser, batch_size=args.batch_size,
                                    seed=args.seed, max_points=args.max_points, skip=args.skip, shape=shape,
                                    resume=args.resume, radii=radii, progress=args.progress))
