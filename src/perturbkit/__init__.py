@@ -11,11 +11,13 @@ Public API (explicit re-exports only)::
     ev = perturbkit.evaluate(model, (x, y), t, attacks="autoattack")  # ev.robust_accuracy
     g = perturbkit.smoothing.Smooth(net, sigma=0.25, num_classes=10)   # g.certify(x, n0, n, alpha)
     rec = perturbkit.conformal.run_conformal(net, x, y, perturbkit.conformal.ConformalConfig(robust_eps=0.1))
+    rep = perturbkit.report(["digits-cnn", "model.onnx"], "digits")    # rep.to_html(p), rep.to_json(p)
 
 ``perturbkit.verify`` is the verifier's package, and calling it runs the verifier
 (:func:`perturbkit.verify.runner.verify`).
 """
 from perturbkit import attacks, conformal, sets, smoothing
+from perturbkit import report  # a callable package: perturbkit.report(models, data, ...) -> Report
 from perturbkit.attacks.evaluate import Evaluation, evaluate
 from perturbkit.api import Bounds, bounds, load
 from perturbkit.bounds.spec import margin_spec
@@ -29,5 +31,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Bounds", "Evaluation", "InputError", "attacks", "evaluate", "Result", "VerifyConfig", "verify", "ModelError", "Network", "PerturbkitError", "UnsupportedOperatorError",
-    "bounds", "conformal", "load", "margin_spec", "sets", "smoothing", "__version__",
+    "bounds", "conformal", "load", "margin_spec", "report", "sets", "smoothing", "__version__",
 ]

@@ -147,7 +147,7 @@ def test_help_exits_zero(capsys):
 
 
 def test_demo_runs_and_its_command_reproduces(capsys, tmp_path):
-    code, out, err = _run(capsys, "demo", "--n", "3", "--save-dir", tmp_path)
+    code, out, err = _run(capsys, "demo", "--certify", "--n", "3", "--save-dir", tmp_path)
     assert code == 0, err
     for word in ("digits-mlp", "digits-cnn", "digits-transformer", "IBP", "CROWN", "CROWN-IBP", "certified",
                  "time for 3 digits", "Linf radius 0.01"):
@@ -163,7 +163,7 @@ def test_demo_runs_and_its_command_reproduces(capsys, tmp_path):
 
 def test_demo_attack_never_breaks_a_certified_digit(capsys, tmp_path):
     """At an eps where PGD breaks some digits and the bounds certify others, no digit is both."""
-    code, out, err = _run(capsys, "demo", "--n", "16", "--eps", "0.08", "--save-dir", tmp_path)
+    code, out, err = _run(capsys, "demo", "--certify", "--n", "16", "--eps", "0.08", "--save-dir", tmp_path)
     assert code == 0, err
     lines = [line for line in out.splitlines() if "broken by PGD" in line]
     assert len(lines) == 3

@@ -49,20 +49,24 @@ def _check_grid(eps_grid: Sequence[float]) -> tuple[float, ...]:
 
 
 def certified_curve(net, x: Tensor, y: Tensor, eps_grid: Sequence[float], *, method: str, norm: float = math.inf,
-                    domain: Optional[tuple[float, float]] = (0.0, 1.0), batch: int = 64,
+                    domain: Optional[tuple[float, float]] = (0.0, 1.0), batch: int = 64, alpha=None,
                     progress: Optional[Callable[[int], None]] = None) -> Curve:
     """Certified accuracy of ``net`` (a perturbkit Network) on ``(x (N, ...), y (N,))`` at every
     radius: a point counts when it is correct and every margin ``z_y - z_j`` has a positive lower
-    bound over the Lp ball (intersected with ``domain``)."""
+    bound over the Lp ball (intersected with ``domain``).  ``alpha``: alpha-CROWN's
+    :class:`~perturbkit.bounds.alpha_crown.AlphaConfig` (default: stop once every margin is
+    proved positive)."""
     import time
 
     import perturbkit
+    from perturbkit.bounds.alpha_crown import AlphaConfig
     from perturbkit.bounds.spec import margin_spec
     from perturbkit.sets import LpBall
 
     if method not in CERTIFY_METHODS:
         raise InputError(f"unknown certification method {method!r}; available: {', '.join(CERTIFY_METHODS)}")
     grid = _check_grid(eps_grid)
+    alpha = alpha if alpha is not None else AlphaConfig(stop_above=0.0)
     t0 = time.perf_counter()
     with torch.no_grad():
         z = net(x)
@@ -75,7 +79,7 @@ def certified_curve(net, x: Tensor, y: Tensor, eps_grid: Sequence[float], *, met
         for s in range(0, len(idx), batch):
             sel = torch.from_numpy(idx[s:s + batch])
             b = perturbkit.bounds(net, LpBall(x[sel], e, norm=norm, domain=domain), method=method,
-                                  C=margin_spec(y[sel], n_classes))
+                                  C=margin_spec(y[sel], n_classes), alpha=alpha)
             ok[sel.numpy()] = (b.lower > 0).all(dim=1).numpy()
         per_point.append(ok)
         if progress is not None:

@@ -1,6 +1,7 @@
-"""``perturbkit demo`` (what ``make demo`` runs): certify a few bundled test digits.
+"""``perturbkit demo`` (what ``make demo`` runs): the robustness report of the bundled digits
+models (:func:`run_report_demo`), or with ``--certify`` a table of bounds on a few test digits.
 
-For each bundled model (the MLP, the CNN and the Transformer) and a handful of test digits
+``--certify``: for each bundled model (the MLP, the CNN and the Transformer) and a handful of test digits
 it prints the clean prediction, the lower bound of the worst label margin
 ``min_j (y_label - y_j)`` under IBP, CROWN, CROWN-IBP and alpha-CROWN, whether the digit is
 certified (some method proves every margin > 0), the time of each method, what PGD finds,
@@ -157,3 +158,14 @@ def _architecture(net) -> str:
 
 
 __all__ = ["DemoConfig", "run_demo"]
+
+
+#: the models of the report demo: plain, adversarially trained, noise trained, and an MLP
+REPORT_MODELS = ("digits-mlp", "digits-cnn", "digits-cnn-adv", "digits-cnn-noise")
+
+
+def run_report_demo(*, out: str = "perturbkit-demo", budget: str = "fast", progress: bool = True) -> int:
+    """``perturbkit report`` of :data:`REPORT_MODELS` on the bundled test digits into ``out``."""
+    from perturbkit.cli.report_cmd import ReportCmdConfig, command
+
+    return command(ReportCmdConfig(models=REPORT_MODELS, data="digits", out=out, budget=budget, progress=progress))

@@ -1,5 +1,5 @@
 """Entry point of the ``perturbkit`` command:
-``perturbkit {bounds,demo,verify,verify-batch,attack,topk,patch,attack-output,attack-activation,smooth,conformal} ...``.
+``perturbkit {bounds,demo,verify,verify-batch,attack,topk,patch,attack-output,attack-activation,smooth,conformal,report} ...``.
 
 Exit codes: 0 success; 2 bad usage or bad input (one line ``perturbkit: error: ...`` on
 stderr, no traceback, no JSON written); 1 an unexpected exception (one line naming the
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "bounds (IBP, CROWN, alpha-CROWN, "
                                             "CROWN-IBP) and verification of VNN-LIB properties.")
     sub = parser.add_subparsers(dest="command", metavar="{bounds,demo,verify,verify-batch,attack,topk,patch,"
-                                                        "attack-output,attack-activation,smooth,conformal}")
+                                                        "attack-output,attack-activation,smooth,conformal,report}")
 
     b = sub.add_parser("bounds", help="bound a model's outputs (or label margins) over an Lp ball",
                        description="Bound the outputs of MODEL for every input within an Lp ball "
@@ -56,9 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the bounds as JSON to OUT (atomically, only on success)")
     b.set_defaults(handler=_bounds)
 
-    d = sub.add_parser("demo", help="certify a few bundled test digits with every method",
-                       description="Bound the label margins of a few bundled test digits under IBP, "
-                                   "CROWN and CROWN-IBP for both bundled models.")
+    d = sub.add_parser("demo", help="the robustness report of the bundled models (or, with --certify, a bounds table)",
+                       description="Write the robustness report (perturbkit report) of the bundled digits models "
+                                   "on the bundled test digits to --out and print where the page is; with "
+                                   "--certify, bound the label margins of a few test digits under every method "
+                                   "instead.")
+    d.add_argument("--out", default="perturbkit-demo", metavar="DIR",
+                   help="the report's folder (default: perturbkit-demo)")
+    d.add_argument("--budget", default="fast", choices=["fast", "standard", "thorough"],
+                   help="the report's budget (default: fast, under 3 minutes on 2 cores)")
+    d.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
+    d.add_argument("--certify", action="store_true",
+                   help="instead of the report: certify --n digits with IBP, CROWN, CROWN-IBP, alpha-CROWN")
     d.add_argument("--n", type=int, default=8, dest="n_digits", metavar="N", help="number of digits (default: 8)")
     d.add_argument("--eps", type=float, default=0.03, metavar="E", help="Lp radius (default: 0.03)")
     d.add_argument("--norm", default="inf", choices=list(NORMS), help="default: inf")
@@ -250,10 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     ac.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the JSON record to OUT")
     ac.set_defaults(handler=_attack_activation)
 
-    from perturbkit.cli import conformal_cmd, smooth_cmd
+    from perturbkit.cli import conformal_cmd, report_cmd, smooth_cmd
 
     smooth_cmd.add_parser(sub)
     conformal_cmd.add_parser(sub)
+    report_cmd.add_parser(sub)
     return parser
 
 
@@ -268,8 +278,10 @@ def _bounds(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from perturbkit.cli.demo import DemoConfig, run_demo
+    from perturbkit.cli.demo import DemoConfig, run_demo, run_report_demo
 
+    if not args.certify:
+        return run_report_demo(out=args.out, budget=args.budget, progress=args.progress)
     return run_demo(DemoConfig(n_digits=args.n_digits, eps=args.eps, norm=args.norm, save_dir=args.save_dir))
 
 
@@ -398,7 +410,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if getattr(args, "command", None) == "smooth":
                 return _fail(f"perturbkit smooth needs an action: certify or predict (see '{PROG} smooth --help')", 2)
             return _fail(f"missing command: choose bounds, demo, verify, verify-batch, attack, topk, patch, attack-output, "
-                         f"attack-activation, smooth or conformal (see '{PROG} --help')", 2)
+                         f"attack-activation, smooth, conformal or report (see '{PROG} --help')", 2)
         code = handler(args)
         if argv is None:
             _exit_if_stranded(code)
