@@ -1,7 +1,9 @@
 """Tightness and speed of perturbkit's bounds on Transformer-era networks, against auto_LiRPA.
 
-    python bench/modern_bounds.py [--models a,b,...] [--runs 5] [--markdown OUT.md]
+    python bench/modern_bounds.py [--family modern|conv] [--models a,b,...] [--runs 5] [--markdown OUT.md]
                                   [--lirpa PATH --lirpa-python PYTHON]
+
+(``--family conv``: the pooling, batch-norm and residual CNNs of bench/conv_models.py, issue 14.)
 
 For every network of bench/modern_models.py (2-layer Transformer encoders, one attention layer
 with either softmax form, LSTM and GRU sequence classifiers, a GELU/SiLU/ELU MLP, the bundled
@@ -44,13 +46,23 @@ ROOT = HERE.parent
 METHODS = {"ibp": "IBP", "crown": "CROWN", "alpha-crown": "CROWN-Optimized"}
 
 
-def _child(lib: str, name: str, method: str, runs: int) -> dict:
+#: model families: the module of bench/ whose build(name) and MODELS the benchmark uses
+FAMILIES = {"modern": "modern_models", "conv": "conv_models"}
+
+
+def _family(name: str):
+    import importlib
+
+    sys.path.insert(0, str(HERE))
+    return importlib.import_module(FAMILIES[name])
+
+
+def _child(lib: str, name: str, method: str, runs: int, family: str = "modern") -> dict:
     import torch
 
     torch.set_num_threads(1)
-    sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(ROOT / "src"))
-    from modern_models import build
+    build = _family(family).build
 
     model, x, eps = build(name)
     out: dict = {"lib": lib, "model": name, "method": method}
@@ -110,15 +122,16 @@ def _child(lib: str, name: str, method: str, runs: int) -> dict:
     return out
 
 
-def _spawn(lib: str, name: str, method: str, runs: int, lirpa: str | None, lirpa_python: str | None) -> dict:
+def _spawn(lib: str, name: str, method: str, runs: int, lirpa: str | None, lirpa_python: str | None,
+           family: str = "modern") -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     python = sys.executable
     if lib == "auto_LiRPA":
         if lirpa:
             env["PYTHONPATH"] = lirpa + os.pathsep + env.get("PYTHONPATH", "")
         python = lirpa_python or python
-    p = subprocess.run([python, __file__, "--child", lib, name, method, str(runs)], capture_output=True,
-                       text=True, env=env)
+    p = subprocess.run([python, __file__, "--family", family, "--child", lib, name, method, str(runs)],
+                       capture_output=True, text=True, env=env)
     lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
     if p.returncode != 0 or not lines:
         err = (p.stderr.strip().splitlines() or ["no output"])[-1]
@@ -141,6 +154,9 @@ def _lirpa_available(lirpa: str | None, lirpa_python: str | None) -> bool:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", default="modern", choices=list(FAMILIES),
+                    help="modern: bench/modern_models.py (Transformers, RNNs); conv: bench/conv_models.py "
+                         "(pooling, batch norm, residual CNNs; issue 14)")
     ap.add_argument("--models", default=None, help="comma-separated names (default: all)")
     ap.add_argument("--methods", default="ibp,crown,alpha-crown")
     ap.add_argument("--runs", type=int, default=10)
@@ -152,10 +168,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.child:
         lib, name, method, runs = args.child
-        print(json.dumps(_child(lib, name, method, int(runs))))
+        print(json.dumps(_child(lib, name, method, int(runs), args.family)))
         return
-    sys.path.insert(0, str(HERE))
-    from modern_models import MODELS
+    MODELS = _family(args.family).MODELS
 
     names = args.models.split(",") if args.models else list(MODELS)
     methods = args.methods.split(",")
@@ -168,7 +183,8 @@ def main(argv=None) -> None:
             for _ in range(rounds):  # the libraries alternate: slow spells of the machine hit both
                 for lib in libs:
                     if not any("error" in r for r in got[lib]):
-                        got[lib].append(_spawn(lib, name, method, args.runs, args.lirpa, args.lirpa_python))
+                        got[lib].append(_spawn(lib, name, method, args.runs, args.lirpa, args.lirpa_python,
+                                               args.family))
             res = {lib: _merge(got[lib]) for lib in libs}
             rows.append((name, method, res))
             print(json.dumps(res), file=sys.stderr)

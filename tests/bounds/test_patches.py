@@ -98,3 +98,51 @@ def test_many_specs_first_layer_transpose_matches_autograd():
     (g,) = torch.autograd.grad(rule.forward(node, x, W), x, A)
     got = rule.backward(node, A, None, W)[0]
     torch.testing.assert_close(got, g, rtol=1e-12, atol=1e-12)
+
+
+POOLS = [
+    lambda: nn.MaxPool2d(2),
+    lambda: nn.MaxPool2d(3, stride=2, padding=1),
+    lambda: nn.MaxPool2d(3, stride=1),
+    lambda: nn.MaxPool2d(2, stride=1, dilation=2),
+    lambda: nn.AvgPool2d(2),
+    lambda: nn.AvgPool2d(3, stride=2),
+    lambda: nn.AvgPool2d(3, stride=1, padding=1),  # padded: hands over to the dense pass
+]
+
+
+@pytest.mark.parametrize("k", range(len(POOLS)))
+@pytest.mark.parametrize("norm", ["inf", 2])
+def test_pooling_in_patch_mode_equals_dense(k, norm, monkeypatch):
+    """Patch mode through MaxPool (the coefficients move to each window's selected element)
+    and AveragePool gives the dense pass's CROWN bounds; sampled outputs stay inside them."""
+    torch.manual_seed(k)
+    m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), POOLS[k](), nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                      nn.Conv2d(4, 2, 3, stride=2), nn.ReLU(), nn.Flatten())
+    x0 = torch.zeros(1, 2, 12, 12)
+    m = nn.Sequential(*m, nn.Linear(m(x0).numel(), 3))
+    net = to_network(m, x0)
+    md = __import__("copy").deepcopy(m).double()
+    x = torch.rand(2, 2, 12, 12, dtype=torch.float64)
+    s = pk.sets.LpBall(x, 0.05 if norm == "inf" else 0.4, norm=norm)
+    from perturbkit.bounds import patches
+
+    calls = []
+    for fn in ("_maxpool_back", "_avgpool_back"):
+        orig = getattr(patches, fn)
+        monkeypatch.setattr(patches, fn, lambda *a, _o=orig: calls.append(1) or _o(*a))
+    a = _bounds(net, s, True, monkeypatch)
+    assert bool(calls) == (k != 6), "the pooling did not (or, padded AveragePool, did) stay in patch mode"
+    b = _bounds(net, s, False, monkeypatch)
+    torch.testing.assert_close(a.lower, b.lower, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(a.upper, b.upper, rtol=1e-9, atol=1e-9)
+    g = torch.Generator().manual_seed(0)
+    for i in range(2):
+        d = torch.rand(400, 2, 12, 12, generator=g, dtype=torch.float64) * 2 - 1
+        if norm == "inf":
+            d = d * 0.05
+        else:
+            d = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * 0.4 * torch.rand(400, 1, 1, 1, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            y = md(x[i] + d)
+        assert bool((y >= a.lower[i] - 1e-9).all() and (y <= a.upper[i] + 1e-9).all())

@@ -61,6 +61,7 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> dict[str, torch.Tensor]:
     Returns the values tightened by CROWN -> the flat element indices (K,) tightened.
     """
     need = _needs_bounds(ctx)
+    whole = _wanted_whole(ctx, need) if mode == "crown" else set()
     tightened: dict[str, torch.Tensor] = {}
     full: set[str] = set(ctx.linear_prefix)  # values whose interval is as tight as their CROWN bound
     for node in ctx.graph.nodes:
@@ -76,7 +77,10 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> dict[str, torch.Tensor]:
                    and (node.output not in ctx.linear_prefix or node.output in ctx.exact_linear))
         itv = with_prior(ctx, node.output, interval_of(ctx, node, exact=not by_mask))
         if by_mask:
-            mask = _unstable_mask(ctx, need[node.output], itv)
+            if node.output in whole:
+                mask = torch.ones_like(itv.lo, dtype=torch.bool)
+            else:
+                mask = _unstable_mask(ctx, need[node.output], itv)
             idx = mask.reshape(ctx.batch, -1).any(0).nonzero().squeeze(1)
             if idx.numel():
                 itv = tighten(ctx, node.output, itv, idx, mask=mask)
@@ -85,6 +89,31 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> dict[str, torch.Tensor]:
                     full.add(node.output)
         ctx.intervals[node.output] = with_prior(ctx, node.output, itv)
     return tightened
+
+
+def _wanted_whole(ctx: Context, need: dict[str, list]) -> set[str]:
+    """Convolution outputs ``z`` to bound by CROWN in every element (in patch mode), not only
+    where their activation is unstable: those whose single consumer is a monotone activation
+    ``y = f(z)`` whose own bounds a selection (MaxPool), bilinear or interval rule reads in
+    every element.  Then ``y``'s interval ``f([z])`` is at least as tight as a CROWN pass from
+    ``y`` (:func:`_crown_adds_nothing`) and that pass, which would have to run densely, is
+    skipped, at a fraction of the cost.  (The same rule in dense mode, so that both modes
+    give the same bounds.  ``y``'s bounds are the same or tighter; a MaxPool after it picks
+    its window element from them, so a bound further on can move either way, soundly.)"""
+    from perturbkit.bounds import patches
+
+    g = ctx.graph
+    out: set[str] = set()
+    for node in g.nodes:
+        rule = rule_for(node, g.source)
+        if rule.kind != "activation" or not rule.monotone:
+            continue
+        z = node.inputs[0]
+        readers = need.get(node.output, [])
+        if (ctx.consumer_count.get(z, 0) == 1 and readers and patches.supports_start(ctx, z)
+                and any(rule_for(r, g.source).kind != "activation" for r in readers)):
+            out.add(z)
+    return out
 
 
 def _crown_adds_nothing(rule, node, full: set[str]) -> bool:

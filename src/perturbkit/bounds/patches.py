@@ -7,7 +7,10 @@ and elementwise relaxations, are non-zero only on its receptive field.  Instead 
 (the "patches" idea of Xu et al. 2020, written here from the geometry of convolution).
 
 The walk goes from the start convolution towards the input along a chain in which every
-value has a single consumer; it handles 2-D Conv and elementwise activations.  At any other
+value has a single consumer; it handles 2-D Conv, elementwise activations, 2-D MaxPool (its
+relaxation selects one element of every window: the coefficients move to that element, a
+scatter inside the grown patch) and 2-D AveragePool without padding (a depthwise transposed
+convolution with weights ``1 / (kh kw)``).  At any other
 operator the patches are scattered into a dense tensor and the general backward pass
 (:func:`perturbkit.bounds.engine.backward`) takes over, so the result is the same as the
 dense computation, only cheaper.
@@ -70,11 +73,12 @@ class Patches:
         bottom = max(0, int(self.oy.max()) + ph - self.H)
         right = max(0, int(self.ox.max()) + pw - self.W)
         mp = F.pad(m, (left, right, top, bottom))
-        cols = F.unfold(mp, (ph, pw))  # (B, C'*ph*pw, L)
-        Lw = mp.shape[-1] - pw + 1
-        pos = (self.oy + top) * Lw + (self.ox + left)
-        rows = cols.transpose(1, 2).contiguous().index_select(1, pos)  # (B, G, C'*ph*pw)
-        return rows.reshape(B, -1, 1, Cm, ph, pw)
+        dev = m.device
+        yy = (self.oy + top).view(-1, 1, 1) + torch.arange(ph, device=dev).view(1, -1, 1)  # (G, ph, 1)
+        xx = (self.ox + left).view(-1, 1, 1) + torch.arange(pw, device=dev).view(1, 1, -1)  # (G, 1, pw)
+        # only the G windows asked for (an unfold of the whole map costs every position)
+        rows = mp[:, :, yy, xx]  # (B, C', G, ph, pw)
+        return rows.permute(0, 2, 1, 3, 4).unsqueeze(2)
 
     def dense(self) -> Tensor:
         """Scatter into dense coefficients (B', G*R, C, H, W)."""
@@ -254,6 +258,14 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
             P.data = P.data.mul_(valid) if inplace else P.data * valid
             value = node.inputs[0]
             continue
+        pool = _pool_geometry(node) if single else None
+        if pool is not None and _map_shape(node.out_shape) == (P.C, P.H, P.W):
+            if node.op_type == "MaxPool":
+                P, bias = _maxpool_back(ctx, node, P, bias, pool)
+            else:
+                P = _avgpool_back(node, P, pool, inplace)
+            value = node.inputs[0]
+            continue
         # anything else: continue densely with the general backward pass
         Bp, G, R = P.data.shape[:3]
         A = P.dense()
@@ -262,6 +274,79 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
             raise RuntimeError("internal: alpha-CROWN patch walk reached a dense hand-over "
                                "(supports_alpha should have excluded this start)")
         return backward(ctx, value, A, bias=bias.expand(B, G, R).reshape(B, G * R)).reshape(B, G, R)
+
+
+def _pool_geometry(node) -> Optional[dict]:
+    """Kernel, strides, dilations and leading pads of a 2-D MaxPool or AveragePool that patch
+    mode handles (AveragePool: no padding and no ceil mode, so every window has the same
+    divisor), else None."""
+    if node.op_type not in ("MaxPool", "AveragePool"):
+        return None
+    from perturbkit.ops.conv import conv_pads
+    from perturbkit.ops.util import int_list
+
+    kernel = list(int_list(node.attrs["kernel_shape"]))
+    if len(kernel) != 2 or _map_shape(node.in_shapes[0]) is None or _map_shape(node.out_shape) is None:
+        return None
+    strides = list(int_list(node.attrs.get("strides", [1, 1])))
+    dil = list(int_list(node.attrs.get("dilations", [1, 1])))
+    pads = list(conv_pads(node, tuple(node.in_shapes[0][2:]), tuple(kernel)))
+    if node.op_type == "AveragePool" and (any(pads) or dil != [1, 1] or int(node.attrs.get("ceil_mode", 0))):
+        return None
+    return {"kernel": kernel, "strides": strides, "dilations": dil, "pads_begin": pads[:2]}
+
+
+def _grown(P: Patches, pool: dict) -> tuple[int, int, Tensor, Tensor]:
+    """Patch size and corner on the pooling input of a patch on its output."""
+    (kh, kw), (sh, sw), (dh, dw) = pool["kernel"], pool["strides"], pool["dilations"]
+    ph2 = (P.ph - 1) * sh + (kh - 1) * dh + 1
+    pw2 = (P.pw - 1) * sw + (kw - 1) * dw + 1
+    return ph2, pw2, P.oy * sh - pool["pads_begin"][0], P.ox * sw - pool["pads_begin"][1]
+
+
+def _avgpool_back(node, P: Patches, pool: dict, inplace: bool) -> Patches:
+    """``AveragePool`` transposed on patches: every coefficient spreads ``1 / (kh kw)`` over its window."""
+    Bp, G, R, C, ph, pw = P.data.shape
+    kh, kw = pool["kernel"]
+    ph2, pw2, oy2, ox2 = _grown(P, pool)
+    w = P.data.new_full((C, 1, kh, kw), 1.0 / (kh * kw))
+    x = F.conv_transpose2d(P.data.reshape(Bp * G * R, C, ph, pw), w, stride=pool["strides"], groups=C)
+    Ci, Hi, Wi = _map_shape(node.in_shapes[0])
+    out = Patches(x.reshape(Bp, G, R, C, ph2, pw2), oy2, ox2, Ci, Hi, Wi)
+    valid = out.valid().to(out.data.dtype)
+    out.data = out.data.mul_(valid) if inplace else out.data * valid
+    return out
+
+
+def _maxpool_back(ctx: Context, node, P: Patches, bias: Tensor, pool: dict) -> tuple[Patches, Tensor]:
+    """``MaxPool`` relaxed (:class:`perturbkit.ops.pool.MaxPool`: one selected element per
+    window, a lower line of slope 1 on it, an upper line of slope 1 or a constant) and
+    transposed on patches: each coefficient goes to its window's selected element."""
+    B = ctx.batch
+    rel = relaxation_of(ctx, node)
+    Ci, Hi, Wi = _map_shape(node.in_shapes[0])
+    C, Ho, Wo = P.C, P.H, P.W
+    sel = rel.lower.index.reshape(B, C, Ho, Wo) % (Hi * Wi)  # flat spatial input index of the selected element
+    shp = (B, C, Ho, Wo)
+    maps = torch.cat([rel.lower.slope.reshape(shp), rel.upper.slope.reshape(shp),
+                      rel.lower.intercept.reshape(shp).clamp(min=torch.finfo(P.data.dtype).min),
+                      rel.upper.intercept.reshape(shp), (sel // Wi).to(P.data.dtype), (sel % Wi).to(P.data.dtype)], 1)
+    sl_lo, sl_up, ic_lo, ic_up, iy, ix = P.gather(maps).split(C, dim=3)  # each (B, G, 1, C, ph, pw)
+    Ap = P.data.clamp(min=0)
+    An = P.data - Ap
+    bias = bias + (Ap * ic_lo).flatten(3).sum(-1) + (An * ic_up).flatten(3).sum(-1)
+    val = (Ap * sl_lo).add_(An * sl_up)  # (B, G, R, C, ph, pw)
+    ph2, pw2, oy2, ox2 = _grown(P, pool)
+    G = P.data.shape[1]
+    ry = iy - oy2.view(1, G, 1, 1, 1, 1).to(iy.dtype)
+    rx = ix - ox2.view(1, G, 1, 1, 1, 1).to(ix.dtype)
+    tgt = (ry * pw2 + rx).round().long().clamp_(0, ph2 * pw2 - 1)  # outside the map: val is 0 there
+    R = P.data.shape[2]
+    tgt = tgt.expand(B, G, R, C, P.ph, P.pw).reshape(B, G, R, C, -1)
+    new = val.new_zeros(B, G, R, C, ph2 * pw2).scatter_add_(-1, tgt, val.reshape(B, G, R, C, -1))
+    out = Patches(new.reshape(B, G, R, C, ph2, pw2), oy2, ox2, Ci, Hi, Wi)
+    out.data.mul_(out.valid().to(out.data.dtype))
+    return out, bias
 
 
 _MAX_LOCAL_MATRIX = 2**24  # entries of a precomputed local transpose matrix
