@@ -139,8 +139,9 @@ def _model_section(m: dict, settings: dict) -> str:
                + f'<div class="card">{gaps}<p class="note">median gap {lg["median"]:.3g}</p></div></div>')
     # smoothing, noise, blur
     sm = m["smoothing"]
-    curve = sm["curve"]
-    pts = [tuple(curve[0])] + [(curve[i - 1][0], curve[i][1]) for i in range(1, len(curve))] + [(curve[-1][0], 0.0)]
+    from perturbkit.smoothing.evaluate import step_points
+
+    pts = step_points(sm["curve"])
     smooth = _chart(line_chart({f"sigma {sm['sigma']:g}": pts}, title="randomized smoothing: certified accuracy",
                                xlabel="L2 radius", ylabel="certified accuracy", step=True, y_range=(0.0, 1.0),
                                legend="bottom-left"))

@@ -31,6 +31,17 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return out
 
 
+def _axis_labels(xlabel: str, ylabel: str, left: float, top: float, pw: float, ph: float, height: float) -> list[str]:
+    """The x label under the plot area and the y label rotated beside it."""
+    out = []
+    if xlabel:
+        out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle">{escape(xlabel)}</text>')
+    if ylabel:
+        out.append(f'<text x="14" y="{top + ph / 2:.1f}" text-anchor="middle" '
+                   f'transform="rotate(-90 14 {top + ph / 2:.1f})">{escape(ylabel)}</text>')
+    return out
+
+
 def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], *, title: str = "", xlabel: str = "",
                ylabel: str = "", step: bool = False, width: int = 560, height: int = 360,
                y_range: tuple[float, float] | None = None, dashed: Sequence[str] = (),
@@ -68,11 +79,7 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], *, title: st
         out.append(f'<line x1="{left}" y1="{sy(t):.1f}" x2="{left + pw}" y2="{sy(t):.1f}" stroke="#e5e5e5"/>')
         out.append(f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
-    if xlabel:
-        out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle">{escape(xlabel)}</text>')
-    if ylabel:
-        out.append(f'<text x="14" y="{top + ph / 2:.1f}" text-anchor="middle" '
-                   f'transform="rotate(-90 14 {top + ph / 2:.1f})">{escape(ylabel)}</text>')
+    out.extend(_axis_labels(xlabel, ylabel, left, top, pw, ph, height))
     for k, (name, s) in enumerate(series.items()):
         s = sorted((float(x), float(y)) for x, y in s if math.isfinite(x) and math.isfinite(y))
         if not s:
@@ -135,11 +142,7 @@ def bar_chart(edges: Sequence[float], counts: Sequence[int], *, title: str = "",
         out.append(f'<line x1="{sx(mark):.1f}" y1="{top}" x2="{sx(mark):.1f}" y2="{top + ph}" stroke="{COLOURS[1]}" '
                    f'stroke-width="2" stroke-dasharray="4 3"/>')
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
-    if xlabel:
-        out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle">{escape(xlabel)}</text>')
-    if ylabel:
-        out.append(f'<text x="14" y="{top + ph / 2:.1f}" text-anchor="middle" '
-                   f'transform="rotate(-90 14 {top + ph / 2:.1f})">{escape(ylabel)}</text>')
+    out.extend(_axis_labels(xlabel, ylabel, left, top, pw, ph, height))
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

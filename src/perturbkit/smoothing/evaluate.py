@@ -167,13 +167,19 @@ def accuracy_curve(records: Sequence[CertifyRecord]) -> list[tuple[float, float]
     return list(zip(radii, certified_accuracy(records, radii)))
 
 
+def step_points(curve: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
+    """The points of :func:`accuracy_curve` ``[(radius, accuracy)]`` for a step drawing
+    (``line_chart(step=True)``): the accuracy at ``r_i`` holds on ``(r_{i-1}, r_i]``, 0 past the last."""
+    return ([tuple(curve[0])] + [(curve[i - 1][0], curve[i][1]) for i in range(1, len(curve))]
+            + [(curve[-1][0], 0.0)])
+
+
 def curve_svg(records: Sequence[CertifyRecord], *, sigma: float, title: str = "") -> str:
     """The certified accuracy curve as an SVG chart (a step function of the radius: the
     accuracy at radius ``r`` holds on ``(r_prev, r]`` and is 0 past the largest radius)."""
     from perturbkit.report.svg import line_chart
 
-    curve = accuracy_curve(records)
-    pts = [curve[0]] + [(curve[i - 1][0], curve[i][1]) for i in range(1, len(curve))] + [(curve[-1][0], 0.0)]
+    pts = step_points(accuracy_curve(records))
     return line_chart({f"sigma = {sigma:g}": pts}, title=title or "certified accuracy (randomized smoothing)",
                       xlabel="L2 radius", ylabel="certified accuracy", step=True, y_range=(0.0, 1.0))
 
@@ -196,4 +202,4 @@ def summary(records: Sequence[CertifyRecord], *, sigma: float, cfg: CertifyConfi
 
 
 __all__ = ["CertifyConfig", "CertifyRecord", "PREDICT_TSV_HEADER", "PredictRecord", "TSV_HEADER", "accuracy_curve", "certified_accuracy", "certify_dataset",
-           "curve_svg", "format_predict_row", "format_tsv_row", "predict_dataset", "summary"]
+           "curve_svg", "format_predict_row", "step_points", "format_tsv_row", "predict_dataset", "summary"]
