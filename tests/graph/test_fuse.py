@@ -229,3 +229,52 @@ def test_layernorm_scale_varying_over_other_axes_stays_outside():
     x = np.random.default_rng(0).normal(size=SHAPE).astype(F32)
     ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(run(g, torch.from_numpy(x)).numpy(), ref, atol=1e-6, rtol=0)
+
+
+# ---- BatchNormalization folded into the Conv before it ---------------------------------------------
+def _conv_bn_model(with_bias: bool, extra_reader: bool = False, group: int = 1):
+    rng = np.random.default_rng(3)
+    consts = {"W": (0.05 * rng.normal(size=(6, 4 // group, 3, 3))).astype(F32), "cb": rng.normal(size=6).astype(F32),
+              "g": rng.uniform(0.5, 2.0, 6).astype(F32), "be": rng.normal(size=6).astype(F32),
+              "mu": rng.normal(size=6).astype(F32), "var": rng.uniform(0.1, 3.0, 6).astype(F32)}
+    spec = [("Conv", ("x", "W", "cb") if with_bias else ("x", "W"), "c", {"pads": [1, 1, 1, 1], "group": group}),
+            ("BatchNormalization", ("c", "g", "be", "mu", "var"), "y" if not extra_reader else "n",
+             {"epsilon": 1e-3})]
+    if extra_reader:
+        spec.append(("Add", ("n", "c"), "y", {}))
+    return spec, consts
+
+
+@pytest.mark.parametrize("with_bias,group", [(True, 1), (False, 1), (True, 2)])
+def test_conv_batchnorm_folded(with_bias, group):
+    spec, consts = _conv_bn_model(with_bias, group=group)
+    g = check(spec, "Conv", consts, shape=(1, 4, 5, 5), group=group)
+    assert len(g.nodes[0].inputs) == 3 and all(i in g.constants for i in g.nodes[0].inputs[1:])
+    assert "W" not in g.nodes[0].inputs  # a new constant: W itself may be read elsewhere
+
+
+def test_conv_batchnorm_not_folded_when_the_conv_output_is_read_elsewhere():
+    spec, consts = _conv_bn_model(True, extra_reader=True)
+    g = fuse(graph_from_onnx(model(spec, consts, shape=(1, 4, 5, 5)), forward_only=True))
+    assert g.op_types().count("BatchNormalization") == 1
+
+
+def test_torch_conv_batchnorm_same_graph_as_the_onnx_export_and_weights_keep_their_names(tmp_path):
+    """The torch front end emits BatchNormalization; after the fold both front ends bound the
+    same Conv.  Weight perturbation still names the model's own parameters."""
+    from perturbkit.graph.network import Network
+    from perturbkit.graph.from_torch import graph_from_module
+    from perturbkit.bounds.weights import parameter_names, resolve
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.ReLU()).eval()
+    with torch.no_grad():
+        m[1].running_mean.normal_()
+        m[1].running_var.uniform_(0.5, 2.0)
+    net = Network(graph_from_module(m, torch.randn(1, 2, 6, 6)))
+    assert "BatchNormalization" not in net.graph.op_types()
+    assert "BatchNormalization" in net.imported_graph.op_types()
+    assert "0.weight" in parameter_names(net) and resolve(net, "1") == "1.weight"
+    x = torch.randn(4, 2, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), m(x), atol=1e-5, rtol=1e-5)

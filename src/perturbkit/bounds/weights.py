@@ -36,18 +36,18 @@ JOINT_INPUT = "perturbkit::joint_input"
 
 def parameter_names(net: Network) -> list[str]:
     """Floating-point constants of ``net`` that can be perturbed."""
-    return sorted(k for k, v in net.graph.constants.items() if v.is_floating_point() and v.numel() > 0)
+    return sorted(k for k, v in net.imported_graph.constants.items() if v.is_floating_point() and v.numel() > 0)
 
 
 def resolve(net: Network, key: str) -> str:
     """The constant a user's key names: a constant's own name (``fc1.weight``), a module
     prefix (``fc1`` -> ``fc1.weight``), or a node name (its weight operand, input 1)."""
-    consts = net.graph.constants
+    consts = net.imported_graph.constants
     if key in consts and consts[key].is_floating_point():
         return key
     if f"{key}.weight" in consts:
         return f"{key}.weight"
-    for n in net.graph.nodes:
+    for n in net.imported_graph.nodes:
         if n.name == key and len(n.inputs) > 1 and n.inputs[1] in consts:
             return n.inputs[1]
     names = parameter_names(net)
@@ -95,7 +95,7 @@ def with_weights(net: Network, input_set: PerturbationSet,
         raise InputError("weights: give at least one parameter")
     ref = input_set.reference
     batch = net.batch(ref) if ref.dim() > 0 else 1
-    g = net.graph
+    g = net.imported_graph  # the model's own constants (a fusion may have folded some: Conv+BatchNorm)
     chosen: dict[str, WeightSpec] = {}
     for key, spec in weights.items():
         name = resolve(net, key)

@@ -24,6 +24,8 @@ the function needs (up to :data:`ULPS` float32 ulps: exporters store ``sqrt(2)``
   ``Softmax(Where(C, x, F))`` (``masked_fill``) where some mask entries are at most
   :data:`perturbkit.ops.softmax.MASKED` (``-inf`` in exported attention masks): bounded with
   those entries dropped exactly, where the plain decomposition would meet ``-inf - -inf``;
+* ``Conv`` from ``BatchNormalization(Conv(x))`` (inference mode, constant parameters): the
+  statistics folded into the weight and bias, as the ONNX exporter does;
 * ``MatMul`` of softmax weights (last axis) by values gets ``stochastic_rows=1``: its
   interval is intersected with the range of convex combinations of the values' rows.
 
@@ -395,5 +397,36 @@ def _mark_stochastic_rows(graph: Graph, node: Node, idx: Index) -> Optional[Fusi
     return _fused(node, "MatMul", node.inputs, {**node.attrs, "stochastic_rows": 1}, graph, [])
 
 
+# -- BatchNormalization after a convolution ------------------------------------------------------
+def _fold_conv_batchnorm(graph: Graph, node: Node, idx: Index) -> Optional[Fusion]:
+    """``BatchNormalization(Conv(x, W, b))`` in inference mode, the Conv's output read by
+    nothing else: one Conv with ``W' = W * g`` (per output channel) and ``b' = (b - mean) * g + B``,
+    ``g = scale / sqrt(var + eps)``; folded in float64, stored in ``W``'s dtype.  The ONNX
+    exporter folds it this way in eval mode, so both front ends meet the same graph (and the
+    patch-mode walk of :mod:`perturbkit.bounds.patches` has one node less to cross)."""
+    if node.op_type != "BatchNormalization" or int(node.attrs.get("training_mode", 0)) or len(node.inputs) != 5:
+        return None
+    conv = _op(idx, node.inputs[0], "Conv")
+    if conv is None or not idx.single_use(conv.output) or conv.inputs[0] in graph.constants:
+        return None
+    params = node.inputs[1:]
+    if any(p not in graph.constants for p in params) or any(i not in graph.constants for i in conv.inputs[1:]):
+        return None
+    W = graph.constants[conv.inputs[1]]
+    if not W.is_floating_point() or W.dim() < 3:
+        return None
+    scale, shift, mean, var = (graph.constants[p].to(torch.float64).reshape(-1) for p in params)
+    co = W.shape[0]
+    if any(t.numel() != co for t in (scale, shift, mean, var)):
+        return None
+    g = scale / torch.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
+    b = graph.constants[conv.inputs[2]].to(torch.float64).reshape(-1) if len(conv.inputs) > 2 else torch.zeros(co, dtype=torch.float64)
+    w_new = (W.to(torch.float64) * g.reshape(-1, *([1] * (W.dim() - 1)))).to(W.dtype)
+    b_new = ((b - mean) * g + shift).to(W.dtype)
+    names = (_fresh(graph, f"{node.output}/weight"), _fresh(graph, f"{node.output}/bias"))
+    return _fused(node, "Conv", (conv.inputs[0], *names), dict(conv.attrs), graph, [conv],
+                  {names[0]: w_new, names[1]: b_new})
+
+
 #: the fusion table (tried in order at every node, from the graph output backwards)
-FUSIONS: list[Pattern] = [_fuse_layer_norm, _fuse_gelu, _fuse_swish, _fuse_masked_softmax, _mark_stochastic_rows]
+FUSIONS: list[Pattern] = [_fold_conv_batchnorm, _fuse_layer_norm, _fuse_gelu, _fuse_swish, _fuse_masked_softmax, _mark_stochastic_rows]

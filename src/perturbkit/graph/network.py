@@ -30,6 +30,9 @@ class Network:
 
         for node in graph.nodes:  # fail early on operators without a rule
             rule_for(node, graph.source)
+        #: the graph as imported, before fusion and lowering (its constants keep the model's
+        #: names: what weight perturbation, bounds/weights.py, chooses from)
+        self.imported_graph = graph
         #: the graph as the bound algorithms see it: fused and lowered (graph/lower.py)
         self.graph = lower_graph(graph)
         self._const_cache: dict[tuple[torch.dtype, torch.device], dict[str, torch.Tensor]] = {}

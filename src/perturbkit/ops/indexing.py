@@ -121,12 +121,10 @@ class Gather(AffineRule):
         return axis, tuple(ind.shape), flat
 
     def lower(self, node: Node, runtime, emit) -> bool:
-        """Gather of a constant table by runtime indices (embeddings) -> TableLookup."""
+        """Gather by runtime indices (embeddings) -> TableLookup (the table constant, or
+        perturbed as a weight: TableLookup bounds it from the table's interval)."""
         if len(node.inputs) < 2 or not runtime[1]:
             return False
-        if runtime[0]:
-            raise UnsupportedOperatorError(
-                f"Gather of a perturbed tensor by perturbed indices is not supported at {node.where()}")
         emit.node("TableLookup", [node.inputs[1], node.inputs[0]], {"axis": int(node.attrs.get("axis", 0))},
                   output=node.output)
         return True
