@@ -146,3 +146,98 @@ def test_pooling_in_patch_mode_equals_dense(k, norm, monkeypatch):
         with torch.no_grad():
             y = md(x[i] + d)
         assert bool((y >= a.lower[i] - 1e-9).all() and (y <= a.upper[i] + 1e-9).all())
+
+
+class _Res(nn.Module):
+    """conv-BN-ReLU-conv-BN plus a shortcut, ReLU; ``shift`` pads the body's second conv
+    asymmetrically with a Pad node (the walk hands over to the dense pass there while the
+    shortcut's patch is still pending), ``bn_after_add`` puts a BatchNorm on the sum."""
+
+    def __init__(self, cin, cout, stride=1, shift=False, bn_after_add=False):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.pad = nn.ZeroPad2d((1, 1, 2, 0)) if shift else nn.Identity()
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 0 if shift else 1)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.short = nn.Identity() if stride == 1 and cin == cout else nn.Conv2d(cin, cout, 1, stride)
+        self.b3 = nn.BatchNorm2d(cout) if bn_after_add else nn.Identity()
+
+    def forward(self, x):
+        y = self.b2(self.c2(self.pad(torch.relu(self.b1(self.c1(x))))))
+        return torch.relu(self.b3(y + self.short(x)))
+
+
+class _MixedStrides(nn.Module):
+    """Two branches of different strides onto one map (2x2 stride 2 and 5x5 stride 1 on 8x8):
+    their windows' offsets differ by a different amount at every position."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(4, 4, 2, 2)
+        self.b = nn.Conv2d(4, 4, 5, 1)
+
+    def forward(self, x):
+        return torch.relu(self.a(x) + self.b(x))
+
+
+RESIDUALS = {
+    "identity_shortcut": lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), _Res(4, 4), _Res(4, 4)),
+    "strided_shortcut": lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), _Res(4, 6, 2)),
+    "input_shortcut": lambda: nn.Sequential(_Res(2, 2), nn.Conv2d(2, 3, 3), nn.ReLU()),
+    "bn_after_add": lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), _Res(4, 4, bn_after_add=True)),
+    "shifted_join": lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), _Res(4, 4, shift=True)),
+    "pool_then_block": lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), _Res(4, 4)),
+    "mixed_strides": lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=0, stride=1), nn.ReLU(), _MixedStrides()),
+}
+#: blocks whose walk meets a node patch mode does not handle (a Pad): it hands over densely
+HANDS_OVER = {"shifted_join"}
+
+
+@pytest.mark.parametrize("name,method", [(n, "crown") for n in sorted(RESIDUALS)]
+                         + [(n, "alpha-crown") for n in ("strided_shortcut", "pool_then_block", "mixed_strides")])
+def test_residual_blocks_in_patch_mode_equal_dense(name, method, monkeypatch):
+    """A residual Add sends the patch down both branches and the two meet again (summed, also
+    when their windows are offset differently per position); CROWN and alpha-CROWN bounds
+    equal the dense pass's, and sampled outputs stay inside them.  Blocks made only of Conv,
+    BatchNorm (folded into it or on a sum), ReLU, Identity, MaxPool and Add never hand over to the dense pass."""
+    torch.manual_seed(sum(map(ord, name)))
+    body = RESIDUALS[name]()
+    for mod in body.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            with torch.no_grad():
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 1.5)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.normal_(0, 0.1)
+    x0 = torch.zeros(1, 2, 10, 10)
+    m = nn.Sequential(body, nn.Flatten(), nn.Linear(body.eval()(x0).numel(), 3)).eval()
+    net = to_network(m, x0)
+    md = __import__("copy").deepcopy(m).double()
+    x = torch.rand(2, 2, 10, 10, dtype=torch.float64) * 2 - 1
+    s = pk.sets.LpBall(x, 0.1)
+    from perturbkit.bounds import patches
+
+    handovers, sums, starts = [], [], []
+    orig_b, orig_s, orig_lu = patches.backward, patches._sum_patches, patches.lower_upper
+    monkeypatch.setattr(patches, "backward", lambda *a, **k: handovers.append(1) or orig_b(*a, **k))
+    monkeypatch.setattr(patches, "_sum_patches", lambda *a: sums.append(1) or orig_s(*a))
+    monkeypatch.setattr(patches, "lower_upper", lambda ctx, name, *a, **k: starts.append(name) or orig_lu(ctx, name, *a, **k))
+    a = _bounds(net, s, True, monkeypatch, method=method)
+    if method == "crown":
+        ops = {n.op_type for n in net.graph.nodes if n.output in starts}
+        assert ops & {"Add", "BatchNormalization"}, f"no residual Add (or BatchNorm on it) was a start: {ops}"
+        if name in HANDS_OVER:
+            assert handovers, "the walk did not hand over at the Pad"
+        else:
+            assert sums, "no two branches met in patch mode"
+            assert not handovers, "the walk handed over to the dense pass"
+    b = _bounds(net, s, False, monkeypatch, method=method)
+    torch.testing.assert_close(a.lower, b.lower, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(a.upper, b.upper, rtol=1e-7, atol=1e-7)
+    g = torch.Generator().manual_seed(0)
+    for i in range(2):
+        d = (torch.rand(300, 2, 10, 10, generator=g, dtype=torch.float64) * 2 - 1) * 0.1
+        with torch.no_grad():
+            y = md(x[i] + d)
+        assert bool((y >= a.lower[i] - 1e-9).all() and (y <= a.upper[i] + 1e-9).all())

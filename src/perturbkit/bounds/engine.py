@@ -183,6 +183,9 @@ def interval_of(ctx: Context, node: Node, *, exact: bool = True) -> Interval:
 # 4 MB so that their few live temporaries stay well inside the allocator's warm heap)
 _BUDGET_BYTES = 16 * 2**20
 _DENSE_BUDGET_BYTES = 4 * 2**20
+#: patch tensors alive at once in a walk, per specification (coefficients, their positive
+#: and negative parts, gathered relaxation lines), for the chunk size
+_PATCH_TEMPORARIES = 6
 #: intersect linear intermediate bounds with the interval ones (always sound and tighter;
 #: switched off only by the test that emulates auto_LiRPA, which does not intersect)
 INTERSECT_INTERMEDIATE = True
@@ -225,6 +228,11 @@ def tighten(ctx: Context, name: str, itv: Interval, idx: Tensor, mask: Optional[
         return tighten_by_expansion(ctx, name, itv, idx, *src)
     budget = _BUDGET_BYTES if local else _DENSE_BUDGET_BYTES
     chunk = max(1, budget // max(1, 2 * B * widest * itemsize))
+    if local and patches.extent(ctx, name) is not None:  # no dense hand-over: sized by the largest patch
+        chunk = max(chunk, budget // max(1, _PATCH_TEMPORARIES * 2 * B * patches.extent(ctx, name) * itemsize))
+    if local:  # chunks of whole positions: patch mode computes the channels of a position together
+        hw = math.prod(shape[-2:])
+        idx = idx[torch.argsort((idx % hw) * n + idx, stable=True)]
     lo = itv.lo.reshape(B, n).clone()
     hi = itv.hi.reshape(B, n).clone()
     for start in range(0, idx.numel(), chunk):

@@ -25,6 +25,7 @@ map, and entries outside the map are kept at zero).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -73,12 +74,17 @@ class Patches:
         bottom = max(0, int(self.oy.max()) + ph - self.H)
         right = max(0, int(self.ox.max()) + pw - self.W)
         mp = F.pad(m, (left, right, top, bottom))
-        dev = m.device
-        yy = (self.oy + top).view(-1, 1, 1) + torch.arange(ph, device=dev).view(1, -1, 1)  # (G, ph, 1)
-        xx = (self.ox + left).view(-1, 1, 1) + torch.arange(pw, device=dev).view(1, 1, -1)  # (G, 1, pw)
-        # only the G windows asked for (an unfold of the whole map costs every position)
-        rows = mp[:, :, yy, xx]  # (B, C', G, ph, pw)
-        return rows.permute(0, 2, 1, 3, 4).unsqueeze(2)
+        # a strided view of every window on the grid the corners lie on, indexed at the
+        # G corners (much faster than indexing every entry; only the windows asked for)
+        y0, x0 = self.oy + top, self.ox + left
+        ymin, xmin = int(y0.min()), int(x0.min())
+        sy, sx = _grid_step(y0 - ymin), _grid_step(x0 - xmin)
+        view = mp[:, :, ymin:, xmin:]
+        Hv, Wv = view.shape[2], view.shape[3]
+        st = view.stride()
+        win = view.as_strided((B, (Hv - ph) // sy + 1, (Wv - pw) // sx + 1, Cm, ph, pw),
+                              (st[0], sy * st[2], sx * st[3], st[1], st[2], st[3]))
+        return win[:, (y0 - ymin) // sy, (x0 - xmin) // sx].unsqueeze(2)  # (B, G, 1, C', ph, pw)
 
     def dense(self) -> Tensor:
         """Scatter into dense coefficients (B', G*R, C, H, W)."""
@@ -98,6 +104,14 @@ class Patches:
         out_v[idx_g, rows.view(G, ph, 1), cols.view(G, 1, pw)] = self.data.permute(1, 4, 5, 0, 2, 3)
         out = out[..., top:top + self.H, left:left + self.W]
         return out.reshape(Bp, G * R, C, self.H, self.W)
+
+
+def _grid_step(d: Tensor) -> int:
+    """The largest step of a grid holding every offset of ``d`` (>= 0, one of them 0)."""
+    step = 0
+    for v in torch.unique(d).tolist():
+        step = math.gcd(step, int(v))
+    return max(step, 1)
 
 
 def _map_shape(shape) -> Optional[tuple[int, int, int]]:
@@ -124,15 +138,34 @@ def _is_conv2d(ctx: Context, node) -> bool:
     return rule_for(node).local_geometry(node, ctx.consts[node.inputs[1]])["nd"] == 2
 
 
+def _is_map_add(ctx: Context, node) -> bool:
+    """An Add of two runtime maps of the output's shape (a residual join)."""
+    if node.op_type != "Add" or len(node.inputs) != 2 or any(i in ctx.consts for i in node.inputs):
+        return False
+    return _map_shape(node.out_shape) is not None and all(tuple(s) == tuple(node.out_shape) for s in node.in_shapes)
+
+
+def _is_map_batchnorm(ctx: Context, node) -> bool:
+    """A BatchNormalization (inference, constant statistics) of a runtime map (one not folded
+    into a Conv: e.g. after a residual Add)."""
+    return (node.op_type == "BatchNormalization" and not int(node.attrs.get("training_mode", 0))
+            and node.inputs[0] not in ctx.consts and all(i in ctx.consts for i in node.inputs[1:])
+            and _map_shape(node.out_shape) is not None and tuple(node.in_shapes[0]) == tuple(node.out_shape))
+
+
 def supports_start(ctx: Context, name: str) -> bool:
-    """Whether intermediate bounds of value ``name`` can start in patch mode."""
-    return name in ctx.position and _is_conv2d(ctx, ctx.graph.nodes[ctx.position[name]])
+    """Whether intermediate bounds of value ``name`` can start in patch mode: the output of a
+    2-D Conv, of a residual Add of two maps or of a BatchNormalization of a map."""
+    if name not in ctx.position:
+        return False
+    node = ctx.graph.nodes[ctx.position[name]]
+    return _is_conv2d(ctx, node) or _is_map_add(ctx, node) or _is_map_batchnorm(ctx, node)
 
 
 def supports_alpha(ctx: Context, name: str) -> bool:
     """Whether the patch walk from ``name`` reaches the input without a dense hand-over
-    (alpha-CROWN's patch-form slopes need the whole walk in patch form)."""
-    if not supports_start(ctx, name):
+    (alpha-CROWN's patch-form slopes need the whole walk in patch form, along a chain)."""
+    if name not in ctx.position or not _is_conv2d(ctx, ctx.graph.nodes[ctx.position[name]]):
         return False
     g = ctx.graph
     value = g.nodes[ctx.position[name]].inputs[0]
@@ -147,62 +180,162 @@ def supports_alpha(ctx: Context, name: str) -> bool:
     return True
 
 
+def extent(ctx: Context, name: str) -> Optional[int]:
+    """The largest patch ``C * ph * pw`` the walk from ``name`` meets (one position), or None
+    when the walk would hand over to the dense pass: sizes the chunks of
+    :func:`perturbkit.bounds.engine.tighten`.  Depends on the graph only (kept across calls)."""
+    key = ("patch_extent", name)
+    cache = ctx.net.derived
+    if key not in cache:
+        cache[key] = _extent(ctx, name)
+    return cache[key]
+
+
+def _extent(ctx: Context, name: str) -> Optional[int]:
+    g = ctx.graph
+    node = g.nodes[ctx.position[name]]
+    win: dict[str, tuple[int, int, int, int]] = {}  # value -> window y0, y1, x0, x1 (start at position 0)
+
+    def push(value: str, w: tuple[int, int, int, int]) -> None:
+        v = win.get(value)
+        win[value] = w if v is None else (min(v[0], w[0]), max(v[1], w[1]), min(v[2], w[2]), max(v[3], w[3]))
+
+    def grown(w, kernel, strides, dil, pads):
+        (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dil
+        return (w[0] * sh - pads[0], (w[1] - 1) * sh - pads[0] + (kh - 1) * dh + 1,
+                w[2] * sw - pads[1], (w[3] - 1) * sw - pads[1] + (kw - 1) * dw + 1)
+
+    push(name, (0, 1, 0, 1))
+    biggest = 0
+    while win:
+        value = max(win, key=lambda v: ctx.position.get(v, -1))
+        w = win.pop(value)
+        shape = _map_shape(g.shapes[value]) if value in g.shapes else None
+        if shape is None:
+            return None
+        biggest = max(biggest, shape[0] * (w[1] - w[0]) * (w[3] - w[2]))
+        if value == g.input_name:
+            continue
+        node = g.nodes[ctx.position[value]]
+        kind = rule_for(node, g.source).kind
+        same_map = bool(node.in_shapes) and _map_shape(node.in_shapes[0]) == shape
+        if (kind == "activation" and same_map) or (node.op_type in ("Identity", "Dropout") and same_map):
+            push(node.inputs[0], w)
+        elif _is_conv2d(ctx, node):
+            geo = rule_for(node, g.source).local_geometry(node, ctx.consts[node.inputs[1]])
+            push(node.inputs[0], grown(w, ctx.consts[node.inputs[1]].shape[-2:], geo["strides"], geo["dilations"],
+                                       geo["pads_begin"]))
+        elif _pool_geometry(node) is not None and _map_shape(node.out_shape) == shape:
+            pool = _pool_geometry(node)
+            push(node.inputs[0], grown(w, pool["kernel"], pool["strides"], pool["dilations"], pool["pads_begin"]))
+        elif _is_map_add(ctx, node):
+            push(node.inputs[0], w)
+            push(node.inputs[1], w)
+        elif _is_map_batchnorm(ctx, node):
+            push(node.inputs[0], w)
+        else:
+            return None
+    return biggest
+
+
 def lower_upper(ctx: Context, name: str, idx: Tensor,
                 alphas: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Tensor]:
-    """CROWN lower and upper bounds of the flat elements ``idx`` (K,) of a Conv output ``v``
-    -> two (B, K) tensors.
+    """CROWN lower and upper bounds of the flat elements ``idx`` (K,) of a Conv (or residual
+    Add) output ``v`` -> two (B, K) tensors.
+
+    Layout: when the elements asked for fill most of the channels at their positions, one
+    group per position computes every channel there (``R = 2 C``: the relaxation lines and
+    the input set are gathered once per position, not once per element); otherwise one group
+    per element (``R = 2``).  The bounds do not depend on the layout.
 
     ``alphas`` (alpha-CROWN): activation node name -> free slopes in patch form
     (B, K, 2, C, ph, pw); missing entries are created (CROWN's slopes, requiring grad).
     """
     g = ctx.graph
     node = g.nodes[ctx.position[name]]
-    rule = rule_for(node, g.source)
-    Wt = ctx.consts[node.inputs[1]]
-    b = ctx.consts[node.inputs[2]] if len(node.inputs) > 2 else None
-    geo = rule.local_geometry(node, Wt)
-    Co, Ho, Wo = _map_shape(node.out_shape)
-    Cin, Hi, Wi = _map_shape(node.in_shapes[0])
-    c = idx // (Ho * Wo)
-    i = (idx // Wo) % Ho
-    j = idx % Wo
-    Wd = _dilate(Wt, geo["dilations"])
-    groups = geo["groups"]
+    C, H, W = _map_shape(node.out_shape)
     K = idx.numel()
-    if groups == 1:
-        rows = Wd[c]
-    else:  # output channel c reads only its group's input channels
-        cin_g = Cin // groups
-        rows = Wd.new_zeros(K, Cin, *Wd.shape[-2:])
-        grp = c // (Co // groups)
-        ar = torch.arange(K, device=idx.device)
-        for k in range(cin_g):
-            rows[ar, grp * cin_g + k] = Wd[c, k]
-    data = torch.stack([rows, -rows], 1).unsqueeze(0)  # (1, K, 2, Cin, kh, kw): +v and -v
-    P = Patches(data, i * geo["strides"][0] - geo["pads_begin"][0], j * geo["strides"][1] - geo["pads_begin"][1],
-                Cin, Hi, Wi)
-    P.data.mul_(P.valid().to(P.data.dtype))
-    bias = torch.zeros(1, K, 2, dtype=ctx.dtype, device=ctx.device)
-    if b is not None:
-        bias = bias + torch.stack([b[c], -b[c]], 1).unsqueeze(0)
-    r = _walk(ctx, node.inputs[0], P, bias, alphas)  # (B, K, 2)
-    return r[:, :, 0], -r[:, :, 1]
+    dev = idx.device
+    pos = idx % (H * W)
+    chan = idx // (H * W)
+    grouped = None
+    if alphas is None:
+        where, inv = torch.unique(pos, return_inverse=True)
+        if where.numel() * C <= 2 * K:
+            grouped = (where, inv)
+    if grouped is not None:
+        where = grouped[0]
+        ch = torch.arange(C, device=dev).expand(where.numel(), C)  # (G, R'): every channel
+    else:
+        where, ch = pos, chan.view(K, 1)
+    i, j = where // W, where % W
+    Gn, Rh = ch.shape
+    if _is_conv2d(ctx, node):
+        rule = rule_for(node, g.source)
+        Wt = ctx.consts[node.inputs[1]]
+        b = ctx.consts[node.inputs[2]] if len(node.inputs) > 2 else None
+        geo = rule.local_geometry(node, Wt)
+        Cin, Hi, Wi = _map_shape(node.in_shapes[0])
+        Wd = _dilate(Wt, geo["dilations"])
+        groups = geo["groups"]
+        if groups == 1:
+            rows = Wd[ch]  # (G, R', Cin, kh, kw)
+        else:  # output channel c reads only its group's input channels
+            cin_g = Cin // groups
+            rows = Wd.new_zeros(Gn, Rh, Cin, *Wd.shape[-2:])
+            grp = ch // (C // groups)
+            gi = torch.arange(Gn, device=dev).view(Gn, 1)
+            ri = torch.arange(Rh, device=dev).view(1, Rh)
+            for k in range(cin_g):
+                rows[gi, ri, grp * cin_g + k] = Wd[ch, k]
+        oy, ox = i * geo["strides"][0] - geo["pads_begin"][0], j * geo["strides"][1] - geo["pads_begin"][1]
+        bias = torch.zeros(1, Gn, Rh, 2, dtype=ctx.dtype, device=ctx.device)
+        if b is not None:
+            bias = bias + torch.stack([b[ch], -b[ch]], -1).unsqueeze(0)
+        start, maps = node.inputs[0], (Cin, Hi, Wi)
+    else:  # (a residual Add, a BatchNormalization) the identity patch on the value itself
+        rows = torch.zeros(Gn, Rh, C, 1, 1, dtype=ctx.dtype, device=ctx.device)
+        rows.scatter_(2, ch.view(Gn, Rh, 1, 1, 1), 1.0)
+        oy, ox = i, j
+        bias = torch.zeros(1, Gn, Rh, 2, dtype=ctx.dtype, device=ctx.device)
+        start, maps = name, (C, H, W)
+    data = torch.stack([rows, -rows], 2).reshape(1, Gn, 2 * Rh, *rows.shape[2:])  # rows +v, -v interleaved
+    P = Patches(data, oy, ox, *maps)
+    if start != name:
+        P.data.mul_(P.valid().to(P.data.dtype))
+    r = _walk(ctx, start, P, bias.reshape(1, Gn, 2 * Rh), alphas).reshape(-1, Gn, Rh, 2)  # (B, G, R', 2)
+    if grouped is not None:
+        r = r[:, grouped[1], chan]  # (B, K, 2)
+    else:
+        r = r[:, :, 0]
+    return r[..., 0], -r[..., 1]
 
 
 def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
           alphas: Optional[dict[str, Tensor]] = None) -> Tensor:
-    """Lower bounds (B, G, R) of the patch coefficients at ``value`` plus ``bias``."""
+    """Lower bounds (B, G, R) of the patch coefficients ``P`` at ``value`` plus ``bias``.
+
+    The walk follows the graph backwards in reverse topological order: the coefficients on
+    a value are complete once every later node has been crossed, so a residual Add sends its
+    patch down both branches and the two are summed where the branches meet
+    (:func:`_sum_patches`).  At a node patch mode does not handle, every pending patch is
+    scattered densely and the general backward pass takes over from there at once."""
     g = ctx.graph
     B = ctx.batch
     inplace = not torch.is_grad_enabled()
-    while True:
-        if value == g.input_name:
-            return bias + _concretize(ctx, P)
-        node = g.nodes[ctx.position[value]]
+    pending: dict[str, Patches] = {value: P}
+    pos = ctx.position
+    while pending:
+        value = max(pending, key=lambda v: pos.get(v, -1))
+        P = pending.pop(value)
+        if value == g.input_name:  # (position -1: the last one)
+            bias = bias + _concretize(ctx, P)
+            continue
+        node = g.nodes[pos[value]]
         rule = rule_for(node, g.source)
-        single = ctx.consumer_count.get(value, 0) == 1
-        if (alphas is not None and single and rule.kind == "activation" and rule.alpha_range(node) is not None
-                and _map_shape(node.in_shapes[0]) == (P.C, P.H, P.W)):
+        same_map = _map_shape(node.in_shapes[0]) == (P.C, P.H, P.W) if node.in_shapes else False
+        if (alphas is not None and rule.kind == "activation" and rule.alpha_range(node) is not None
+                and same_map and ctx.consumer_count.get(value, 0) == 1):
             # alpha-CROWN: relax in patch space with per-specification slopes
             x = ctx.intervals[node.inputs[0]]
             shp = (B, P.C, P.H, P.W)
@@ -217,10 +350,10 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
             for part, line in ((Ap, rel.lower), (An, rel.upper)):
                 if line.intercept.dim() > 0 or bool(line.intercept):
                     bias = bias + (part * line.intercept).flatten(3).sum(-1)
-            P = Patches(Ap * rel.lower.slope + An * rel.upper.slope, P.oy, P.ox, P.C, P.H, P.W)
-            value = node.inputs[0]
+            _push(pending, node.inputs[0], Patches(Ap * rel.lower.slope + An * rel.upper.slope, P.oy, P.ox,
+                                                   P.C, P.H, P.W))
             continue
-        if single and rule.kind == "activation" and _map_shape(node.in_shapes[0]) == (P.C, P.H, P.W):
+        if rule.kind == "activation" and same_map and (alphas is None or ctx.consumer_count.get(value, 0) == 1):
             rel = relaxation_of(ctx, node)
             shp = (B, P.C, P.H, P.W)
             parts = [rel.lower.slope, rel.upper.slope]
@@ -241,10 +374,9 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
                 new = Ap.mul_(gathered[0]).add_(An.mul_(gathered[1]))
             else:
                 new = (Ap * gathered[0]).add_(An * gathered[1])
-            P = Patches(new, P.oy, P.ox, P.C, P.H, P.W)
-            value = node.inputs[0]
+            _push(pending, node.inputs[0], Patches(new, P.oy, P.ox, P.C, P.H, P.W))
             continue
-        if single and _is_conv2d(ctx, node):
+        if _is_conv2d(ctx, node) and (alphas is None or ctx.consumer_count.get(value, 0) == 1):
             Wt = ctx.consts[node.inputs[1]]
             geo = rule.local_geometry(node, Wt)
             Bp, G, R, Co, ph, pw = P.data.shape
@@ -252,28 +384,80 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
                 bias = bias + P.data.sum((-2, -1)) @ ctx.consts[node.inputs[2]]
             x = _local_transpose(ctx, node.name, P.data.reshape(Bp * G * R, Co, ph, pw), Wt, geo)
             Ci, Hi, Wi = _map_shape(node.in_shapes[0])
-            P = Patches(x.reshape(Bp, G, R, Ci, *x.shape[-2:]), P.oy * geo["strides"][0] - geo["pads_begin"][0],
+            Q = Patches(x.reshape(Bp, G, R, Ci, *x.shape[-2:]), P.oy * geo["strides"][0] - geo["pads_begin"][0],
                         P.ox * geo["strides"][1] - geo["pads_begin"][1], Ci, Hi, Wi)
-            valid = P.valid().to(P.data.dtype)
-            P.data = P.data.mul_(valid) if inplace else P.data * valid
-            value = node.inputs[0]
+            valid = Q.valid().to(Q.data.dtype)
+            Q.data = Q.data.mul_(valid) if inplace else Q.data * valid
+            _push(pending, node.inputs[0], Q)
             continue
-        pool = _pool_geometry(node) if single else None
+        pool = _pool_geometry(node) if alphas is None else None
         if pool is not None and _map_shape(node.out_shape) == (P.C, P.H, P.W):
             if node.op_type == "MaxPool":
-                P, bias = _maxpool_back(ctx, node, P, bias, pool)
+                Q, bias = _maxpool_back(ctx, node, P, bias, pool)
             else:
-                P = _avgpool_back(node, P, pool, inplace)
-            value = node.inputs[0]
+                Q = _avgpool_back(node, P, pool, inplace)
+            _push(pending, node.inputs[0], Q)
             continue
-        # anything else: continue densely with the general backward pass
-        Bp, G, R = P.data.shape[:3]
-        A = P.dense()
-        A = A.expand(B, *A.shape[1:]).reshape(B, G * R, *g.shapes[value])
+        if node.op_type in ("Identity", "Dropout") and same_map and len(node.inputs) == 1:
+            _push(pending, node.inputs[0], P)
+            continue
+        if alphas is None and _is_map_batchnorm(ctx, node) and same_map:
+            gain, shift = rule._gain_shift(node, (None, *[ctx.consts[i] for i in node.inputs[1:]]))
+            bias = bias + P.data.sum((-2, -1)) @ shift.reshape(-1)
+            _push(pending, node.inputs[0], Patches(P.data * gain.reshape(-1, 1, 1), P.oy, P.ox, P.C, P.H, P.W))
+            continue
+        if alphas is None and _is_map_add(ctx, node) and _map_shape(node.out_shape) == (P.C, P.H, P.W):
+            # a residual join: the same coefficients on both summands (read-only from here on)
+            _push(pending, node.inputs[0], P)
+            _push(pending, node.inputs[1], P)
+            continue
+        # anything else: continue densely with the general backward pass, from every pending value
         if alphas is not None:
             raise RuntimeError("internal: alpha-CROWN patch walk reached a dense hand-over "
                                "(supports_alpha should have excluded this start)")
-        return backward(ctx, value, A, bias=bias.expand(B, G, R).reshape(B, G * R)).reshape(B, G, R)
+        G, R = P.data.shape[1:3]
+        extra = {v: _dense(ctx, Q, v) for v, Q in pending.items()}
+        r = backward(ctx, value, _dense(ctx, P, value), bias=bias.expand(B, G, R).reshape(B, G * R), extra=extra)
+        return r.reshape(B, G, R)
+    return bias.expand(B, *bias.shape[1:])
+
+
+def _dense(ctx: Context, P: Patches, value: str) -> Tensor:
+    """Patches at ``value`` as dense coefficients (B, G*R, *declared shape)."""
+    A = P.dense()
+    return A.expand(ctx.batch, *A.shape[1:]).reshape(ctx.batch, A.shape[1], *ctx.graph.shapes[value])
+
+
+def _push(pending: dict[str, Patches], value: str, P: Patches) -> None:
+    """Add patch coefficients ``P`` to those already pending on ``value``."""
+    Q = pending.get(value)
+    pending[value] = P if Q is None else _sum_patches(Q, P)
+
+
+def _sum_patches(P: Patches, Q: Patches) -> Patches:
+    """``P + Q`` on one map: the union of the two windows of every group (new tensors; the
+    operands may be shared).  Windows whose relative offset is the same in every group (the
+    usual case: both branches have the same total stride and padding) are added by slicing,
+    other ones by an indexed scatter."""
+    dev = P.data.device
+    oy, ox = torch.minimum(P.oy, Q.oy), torch.minimum(P.ox, Q.ox)
+    ph = int(torch.maximum(P.oy + P.ph, Q.oy + Q.ph).sub(oy).max())
+    pw = int(torch.maximum(P.ox + P.pw, Q.ox + Q.pw).sub(ox).max())
+    Bp = max(P.data.shape[0], Q.data.shape[0])
+    _, G, R, C = P.data.shape[:4]
+    out = P.data.new_zeros(Bp, G, R, C, ph, pw)
+    for T in (P, Q):
+        dy, dx = T.oy - oy, T.ox - ox
+        if bool((dy == dy[0]).all()) and bool((dx == dx[0]).all()):
+            y0, x0 = int(dy[0]), int(dx[0])
+            out[..., y0:y0 + T.ph, x0:x0 + T.pw] += T.data
+        else:
+            rows = (dy.view(G, 1) + torch.arange(T.ph, device=dev)).view(G, T.ph, 1)
+            cols = (dx.view(G, 1) + torch.arange(T.pw, device=dev)).view(G, 1, T.pw)
+            out_v = out.permute(1, 4, 5, 0, 2, 3)  # (G, ph, pw, B', R, C)
+            src = T.data.expand(Bp, *T.data.shape[1:]).permute(1, 4, 5, 0, 2, 3)
+            out_v.index_put_((torch.arange(G, device=dev).view(G, 1, 1), rows, cols), src, accumulate=True)
+    return Patches(out, oy, ox, C, P.H, P.W)
 
 
 def _pool_geometry(node) -> Optional[dict]:
