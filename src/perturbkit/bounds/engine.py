@@ -230,9 +230,10 @@ def tighten(ctx: Context, name: str, itv: Interval, idx: Tensor, mask: Optional[
     chunk = max(1, budget // max(1, 2 * B * widest * itemsize))
     if local and patches.extent(ctx, name) is not None:  # no dense hand-over: sized by the largest patch
         chunk = max(chunk, budget // max(1, _PATCH_TEMPORARIES * 2 * B * patches.extent(ctx, name) * itemsize))
-    if local:  # chunks of whole positions: patch mode computes the channels of a position together
-        hw = math.prod(shape[-2:])
-        idx = idx[torch.argsort((idx % hw) * n + idx, stable=True)]
+    if local:  # patch mode computes the channels of a position together: chunks of positions
+        hw = math.prod(shape[-2:])  # asking for about as many channels each, then by position
+        count = torch.bincount(idx % hw, minlength=hw)
+        idx = idx[torch.argsort((count[idx % hw] * hw + idx % hw) * n + idx)]
     lo = itv.lo.reshape(B, n).clone()
     hi = itv.hi.reshape(B, n).clone()
     for start in range(0, idx.numel(), chunk):

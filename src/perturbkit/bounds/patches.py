@@ -243,10 +243,12 @@ def lower_upper(ctx: Context, name: str, idx: Tensor,
     """CROWN lower and upper bounds of the flat elements ``idx`` (K,) of a Conv (or residual
     Add) output ``v`` -> two (B, K) tensors.
 
-    Layout: when the elements asked for fill most of the channels at their positions, one
-    group per position computes every channel there (``R = 2 C``: the relaxation lines and
-    the input set are gathered once per position, not once per element); otherwise one group
-    per element (``R = 2``).  The bounds do not depend on the layout.
+    Layout: one group per position, its rows the channels asked for there (``R = 2 R'``, the
+    lower and the upper bound of each), so the relaxation lines and the input set are
+    gathered once per position; positions with fewer channels repeat one of them (the
+    caller, :func:`perturbkit.bounds.engine.tighten`, orders the elements so that a chunk's
+    positions ask for about as many channels each).  The bounds do not depend on the layout.
+    alpha-CROWN keeps one group per element (its slopes are per element).
 
     ``alphas`` (alpha-CROWN): activation node name -> free slopes in patch form
     (B, K, 2, C, ph, pw); missing entries are created (CROWN's slopes, requiring grad).
@@ -258,14 +260,15 @@ def lower_upper(ctx: Context, name: str, idx: Tensor,
     dev = idx.device
     pos = idx % (H * W)
     chan = idx // (H * W)
-    grouped = None
     if alphas is None:
-        where, inv = torch.unique(pos, return_inverse=True)
-        if where.numel() * C <= 2 * K:
-            grouped = (where, inv)
-    if grouped is not None:
-        where = grouped[0]
-        ch = torch.arange(C, device=dev).expand(where.numel(), C)  # (G, R'): every channel
+        where, inv, counts = torch.unique(pos, return_inverse=True, return_counts=True)
+        order = torch.argsort(inv * C + chan)  # by position, then channel
+        first = torch.cumsum(counts, 0) - counts
+        rank = torch.empty_like(inv)
+        rank[order] = torch.arange(K, device=dev) - first[inv[order]]
+        ch = torch.full((where.numel(), int(counts.max())), -1, dtype=chan.dtype, device=dev)
+        ch[inv, rank] = chan
+        ch = torch.where(ch < 0, ch[:, :1], ch)  # (G, R'): padded with the position's first channel
     else:
         where, ch = pos, chan.view(K, 1)
     i, j = where // W, where % W
@@ -304,10 +307,7 @@ def lower_upper(ctx: Context, name: str, idx: Tensor,
     if start != name:
         P.data.mul_(P.valid().to(P.data.dtype))
     r = _walk(ctx, start, P, bias.reshape(1, Gn, 2 * Rh), alphas).reshape(-1, Gn, Rh, 2)  # (B, G, R', 2)
-    if grouped is not None:
-        r = r[:, grouped[1], chan]  # (B, K, 2)
-    else:
-        r = r[:, :, 0]
+    r = r[:, inv, rank] if alphas is None else r[:, :, 0]  # (B, K, 2)
     return r[..., 0], -r[..., 1]
 
 
@@ -534,6 +534,7 @@ def _maxpool_back(ctx: Context, node, P: Patches, bias: Tensor, pool: dict) -> t
 
 
 _MAX_LOCAL_MATRIX = 2**24  # entries of a precomputed local transpose matrix
+_LOCAL_MATRIX_WASTE = 8  # measured (one thread): dense matrix products run ~3-8x the rate of small convolutions
 
 
 def _local_transpose(ctx: Context, key: str, P: Tensor, Wt: Tensor, geo: dict) -> Tensor:
@@ -546,7 +547,10 @@ def _local_transpose(ctx: Context, key: str, P: Tensor, Wt: Tensor, geo: dict) -
     pw2 = (pw - 1) * geo["strides"][1] + (Wt.shape[-1] - 1) * geo["dilations"][1] + 1
     Ci = Wt.shape[1] * geo["groups"]
     m = Co * ph * pw
-    if m * Ci * ph2 * pw2 > _MAX_LOCAL_MATRIX or N < m:
+    # the matrix holds every (patch entry, input entry) pair, most of them zero for large
+    # patches: worth it only while it is at most _LOCAL_MATRIX_WASTE times the convolution's work
+    work = Co * Wt.shape[1] * Wt.shape[-2] * Wt.shape[-1] * ph * pw
+    if m * Ci * ph2 * pw2 > min(_MAX_LOCAL_MATRIX, _LOCAL_MATRIX_WASTE * work) or N < m:
         return F.conv_transpose2d(P, Wt, stride=geo["strides"], dilation=geo["dilations"], groups=geo["groups"])
     mkey = (key, ph, pw, P.dtype, P.device)
     cache = ctx.net.derived  # depends on the weights only: kept across calls
