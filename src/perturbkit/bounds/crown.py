@@ -61,7 +61,7 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> dict[str, torch.Tensor]:
     Returns the values tightened by CROWN -> the flat element indices (K,) tightened.
     """
     need = _needs_bounds(ctx)
-    whole = _wanted_whole(ctx, need) if mode == "crown" else set()
+    whole = _wanted_whole(ctx, need) if mode == "crown" else {}
     tightened: dict[str, torch.Tensor] = {}
     full: set[str] = set(ctx.linear_prefix)  # values whose interval is as tight as their CROWN bound
     for node in ctx.graph.nodes:
@@ -78,7 +78,7 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> dict[str, torch.Tensor]:
         itv = with_prior(ctx, node.output, interval_of(ctx, node, exact=not by_mask))
         if by_mask:
             if node.output in whole:
-                mask = torch.ones_like(itv.lo, dtype=torch.bool)
+                mask = _not_flat(ctx, whole[node.output], itv)
             else:
                 mask = _unstable_mask(ctx, need[node.output], itv)
             idx = mask.reshape(ctx.batch, -1).any(0).nonzero().squeeze(1)
@@ -87,23 +87,35 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> dict[str, torch.Tensor]:
                 tightened[node.output] = idx
                 if idx.numel() == itv.lo[0].numel():
                     full.add(node.output)
+            if node.output in whole:
+                full.add(node.output)  # (the elements left out give a point through f)
         ctx.intervals[node.output] = with_prior(ctx, node.output, itv)
     return tightened
 
 
-def _wanted_whole(ctx: Context, need: dict[str, list]) -> set[str]:
+def _not_flat(ctx: Context, act, itv: Interval) -> torch.Tensor:
+    """Elements of ``z`` where the monotone activation ``act`` is not constant over its
+    interval (``f(lo) != f(hi)``): elsewhere ``f([z])`` is already one point, so a tighter
+    bound of ``z`` changes nothing (ReLU: the stably inactive elements)."""
+    rule = rule_for(act, ctx.graph.source)
+    consts = [ctx.consts[i] for i in act.inputs[1:]]
+    return rule.forward(act, itv.lo, *consts) != rule.forward(act, itv.hi, *consts)
+
+
+def _wanted_whole(ctx: Context, need: dict[str, list]) -> dict[str, object]:
     """Convolution outputs ``z`` to bound by CROWN in every element (in patch mode), not only
     where their activation is unstable: those whose single consumer is a monotone activation
     ``y = f(z)`` whose own bounds a selection (MaxPool), bilinear or interval rule reads in
     every element.  Then ``y``'s interval ``f([z])`` is at least as tight as a CROWN pass from
     ``y`` (:func:`_crown_adds_nothing`) and that pass, which would have to run densely, is
-    skipped, at a fraction of the cost.  (The same rule in dense mode, so that both modes
+    skipped, at a fraction of the cost.  (Every element where ``f`` is not constant over the
+    interval of ``z``: :func:`_not_flat`.)  Returns ``z`` -> the activation node.  (The same rule in dense mode, so that both modes
     give the same bounds.  ``y``'s bounds are the same or tighter; a MaxPool after it picks
     its window element from them, so a bound further on can move either way, soundly.)"""
     from perturbkit.bounds import patches
 
     g = ctx.graph
-    out: set[str] = set()
+    out: dict[str, object] = {}
     for node in g.nodes:
         rule = rule_for(node, g.source)
         if rule.kind != "activation" or not rule.monotone:
@@ -112,13 +124,14 @@ def _wanted_whole(ctx: Context, need: dict[str, list]) -> set[str]:
         readers = need.get(node.output, [])
         if (ctx.consumer_count.get(z, 0) == 1 and readers and patches.supports_start(ctx, z)
                 and any(rule_for(r, g.source).kind != "activation" for r in readers)):
-            out.add(z)
+            out[z] = node
     return out
 
 
 def _crown_adds_nothing(rule, node, full: set[str]) -> bool:
     """CROWN cannot tighten ``y = f(z)`` for a monotone elementwise ``f`` once every element
-    of ``z`` has bounds at least as tight as its own CROWN bounds: the relaxation's lower line
+    of ``z`` has bounds at least as tight as its own CROWN bounds (or ``f`` is constant over
+    its interval there, :func:`_not_flat`: ``f([z])`` is a point): the relaxation's lower line
     ``L`` is monotone like ``f``, and the backward pass from ``y`` is ``L`` applied to a linear
     lower bound of ``z``, whose minimum is at most ``L(z_lo) <= f(z_lo)``, the interval's bound
     (mirrored for the upper side and for decreasing ``f``).  Skipping those passes saves work

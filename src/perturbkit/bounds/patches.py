@@ -356,24 +356,10 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
         if rule.kind == "activation" and same_map and (alphas is None or ctx.consumer_count.get(value, 0) == 1):
             rel = relaxation_of(ctx, node)
             shp = (B, P.C, P.H, P.W)
-            parts = [rel.lower.slope, rel.upper.slope]
-            zl = not bool(rel.lower.intercept.any())
-            zu = not bool(rel.upper.intercept.any())
-            parts += ([] if zl else [rel.lower.intercept]) + ([] if zu else [rel.upper.intercept])
-            maps = torch.cat([t.expand(B, 1, P.C, P.H, P.W).reshape(shp) for t in parts], 1)
-            gathered = P.gather(maps).split(P.C, dim=3)  # each (B, G, 1, C, ph, pw)
-            Ap = P.data.clamp(min=0)
-            An = P.data - Ap
-            k = 2
-            if not zl:
-                bias = bias + (Ap * gathered[k]).flatten(3).sum(-1)
-                k += 1
-            if not zu:
-                bias = bias + (An * gathered[k]).flatten(3).sum(-1)
-            if inplace and Ap.shape[0] == B:  # in place: fewer large temporaries
-                new = Ap.mul_(gathered[0]).add_(An.mul_(gathered[1]))
-            else:
-                new = (Ap * gathered[0]).add_(An * gathered[1])
+            il = None if not bool(rel.lower.intercept.any()) else rel.lower.intercept
+            iu = None if not bool(rel.upper.intercept.any()) else rel.upper.intercept
+            new, b = _through_lines(P, rel.lower.slope, rel.upper.slope, il, iu, shp)
+            bias = bias + b
             _push(pending, node.inputs[0], Patches(new, P.oy, P.ox, P.C, P.H, P.W))
             continue
         if _is_conv2d(ctx, node) and (alphas is None or ctx.consumer_count.get(value, 0) == 1):
@@ -420,6 +406,34 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
         r = backward(ctx, value, _dense(ctx, P, value), bias=bias.expand(B, G, R).reshape(B, G * R), extra=extra)
         return r.reshape(B, G, R)
     return bias.expand(B, *bias.shape[1:])
+
+
+def _through_lines(P: Patches, sl: Tensor, su: Tensor, il: Optional[Tensor], iu: Optional[Tensor],
+                   shp: tuple[int, int, int, int]) -> tuple[Tensor, Tensor]:
+    """Patch coefficients ``A`` through an elementwise relaxation ``sl x + il <= f(x) <= su x + iu``
+    (lines on the map, broadcastable to ``shp`` = (B, C, H, W); None: a zero intercept) ->
+    (``A+ sl + A- su``, the bias ``<A+, il> + <A-, iu>`` (B, G, R)).
+
+    Written as ``A su + A+ (sl - su)`` and ``<A, iu> + <A+, il - iu>``: the differences are
+    taken on the maps before the gather, so the patch-sized work is one clamp, two products,
+    one sum and two small matrix products (``A`` itself is left unchanged: it may be shared)."""
+    B = shp[0]
+    maps = [su, sl - su]
+    if il is not None or iu is not None:
+        zero = torch.zeros((), dtype=P.data.dtype, device=P.data.device)
+        maps += [(il if il is not None else zero) - (iu if iu is not None else zero)]
+    if iu is not None:
+        maps += [iu]
+    g = P.gather(torch.cat([t.expand(B, 1, *shp[1:]).reshape(shp) for t in maps], 1)).split(P.C, dim=3)
+    Ap = P.data.clamp(min=0)
+    bias = P.data.new_zeros(())
+    if len(g) > 2:  # <A+, il - iu> (+ <A, iu>)
+        bias = (Ap.flatten(3) @ g[2].flatten(3).transpose(-1, -2)).squeeze(-1)
+        if iu is not None:
+            bias = bias + (P.data.flatten(3) @ g[3].flatten(3).transpose(-1, -2)).squeeze(-1)
+    new = P.data * g[0]
+    Ap = Ap.mul_(g[1]) if Ap.shape[0] == B else Ap * g[1]
+    return new.add_(Ap), bias
 
 
 def _dense(ctx: Context, P: Patches, value: str) -> Tensor:
@@ -534,7 +548,6 @@ def _maxpool_back(ctx: Context, node, P: Patches, bias: Tensor, pool: dict) -> t
 
 
 _MAX_LOCAL_MATRIX = 2**24  # entries of a precomputed local transpose matrix
-_LOCAL_MATRIX_WASTE = 8  # measured (one thread): dense matrix products run ~3-8x the rate of small convolutions
 
 
 def _local_transpose(ctx: Context, key: str, P: Tensor, Wt: Tensor, geo: dict) -> Tensor:
@@ -548,9 +561,11 @@ def _local_transpose(ctx: Context, key: str, P: Tensor, Wt: Tensor, geo: dict) -
     Ci = Wt.shape[1] * geo["groups"]
     m = Co * ph * pw
     # the matrix holds every (patch entry, input entry) pair, most of them zero for large
-    # patches: worth it only while it is at most _LOCAL_MATRIX_WASTE times the convolution's work
+    # patches: worth it while the waste is below what the convolution routine loses on few
+    # input channels and on strides (measured, one thread: bench/conv_transpose_choice.py)
     work = Co * Wt.shape[1] * Wt.shape[-2] * Wt.shape[-1] * ph * pw
-    if m * Ci * ph2 * pw2 > min(_MAX_LOCAL_MATRIX, _LOCAL_MATRIX_WASTE * work) or N < m:
+    limit = min(50.0, max(4.0, 40.0 / Ci)) * (2.0 if max(geo["strides"]) > 1 else 1.0)
+    if m * Ci * ph2 * pw2 > min(_MAX_LOCAL_MATRIX, limit * work) or 4 * N < m:
         return F.conv_transpose2d(P, Wt, stride=geo["strides"], dilation=geo["dilations"], groups=geo["groups"])
     mkey = (key, ph, pw, P.dtype, P.device)
     cache = ctx.net.derived  # depends on the weights only: kept across calls
