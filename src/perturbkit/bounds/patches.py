@@ -180,6 +180,27 @@ def supports_alpha(ctx: Context, name: str) -> bool:
     return True
 
 
+def _step(ctx: Context, node, shape: tuple[int, int, int]) -> Optional[str]:
+    """How the walk crosses ``node``, whose output is the map ``shape`` (C, H, W) the patch
+    lies on: 'activation', 'identity', 'batchnorm' (elementwise on the same map), 'conv',
+    'pool', 'add' (a residual join), or None (a dense hand-over).  One table for the walk
+    (:func:`_walk`) and its dry run (:func:`_extent`)."""
+    same_map = bool(node.in_shapes) and _map_shape(node.in_shapes[0]) == shape
+    if rule_for(node, ctx.graph.source).kind == "activation" and same_map:
+        return "activation"
+    if node.op_type in ("Identity", "Dropout") and same_map and len(node.inputs) == 1:
+        return "identity"
+    if _is_map_batchnorm(ctx, node) and same_map:
+        return "batchnorm"
+    if _is_conv2d(ctx, node):
+        return "conv"
+    if _pool_geometry(node) is not None and _map_shape(node.out_shape) == shape:
+        return "pool"
+    if _is_map_add(ctx, node) and _map_shape(node.out_shape) == shape:
+        return "add"
+    return None
+
+
 def extent(ctx: Context, name: str) -> Optional[int]:
     """The largest patch ``C * ph * pw`` the walk from ``name`` meets (one position), or None
     when the walk would hand over to the dense pass: sizes the chunks of
@@ -217,22 +238,19 @@ def _extent(ctx: Context, name: str) -> Optional[int]:
         if value == g.input_name:
             continue
         node = g.nodes[ctx.position[value]]
-        kind = rule_for(node, g.source).kind
-        same_map = bool(node.in_shapes) and _map_shape(node.in_shapes[0]) == shape
-        if (kind == "activation" and same_map) or (node.op_type in ("Identity", "Dropout") and same_map):
+        step = _step(ctx, node, shape)
+        if step in ("activation", "identity", "batchnorm"):
             push(node.inputs[0], w)
-        elif _is_conv2d(ctx, node):
+        elif step == "conv":
             geo = rule_for(node, g.source).local_geometry(node, ctx.consts[node.inputs[1]])
             push(node.inputs[0], grown(w, ctx.consts[node.inputs[1]].shape[-2:], geo["strides"], geo["dilations"],
                                        geo["pads_begin"]))
-        elif _pool_geometry(node) is not None and _map_shape(node.out_shape) == shape:
+        elif step == "pool":
             pool = _pool_geometry(node)
             push(node.inputs[0], grown(w, pool["kernel"], pool["strides"], pool["dilations"], pool["pads_begin"]))
-        elif _is_map_add(ctx, node):
+        elif step == "add":
             push(node.inputs[0], w)
             push(node.inputs[1], w)
-        elif _is_map_batchnorm(ctx, node):
-            push(node.inputs[0], w)
         else:
             return None
     return biggest
@@ -333,9 +351,12 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
             continue
         node = g.nodes[pos[value]]
         rule = rule_for(node, g.source)
-        same_map = _map_shape(node.in_shapes[0]) == (P.C, P.H, P.W) if node.in_shapes else False
-        if (alphas is not None and rule.kind == "activation" and rule.alpha_range(node) is not None
-                and same_map and ctx.consumer_count.get(value, 0) == 1):
+        step = _step(ctx, node, (P.C, P.H, P.W))
+        if alphas is not None and step not in ("activation", "conv"):
+            step = None  # (alpha-CROWN walks chains of activations and convolutions only)
+        if alphas is not None and step is not None and ctx.consumer_count.get(value, 0) != 1:
+            step = None
+        if alphas is not None and step == "activation" and rule.alpha_range(node) is not None:
             # alpha-CROWN: relax in patch space with per-specification slopes
             x = ctx.intervals[node.inputs[0]]
             shp = (B, P.C, P.H, P.W)
@@ -353,7 +374,7 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
             _push(pending, node.inputs[0], Patches(Ap * rel.lower.slope + An * rel.upper.slope, P.oy, P.ox,
                                                    P.C, P.H, P.W))
             continue
-        if rule.kind == "activation" and same_map and (alphas is None or ctx.consumer_count.get(value, 0) == 1):
+        if step == "activation":
             rel = relaxation_of(ctx, node)
             shp = (B, P.C, P.H, P.W)
             il = None if not bool(rel.lower.intercept.any()) else rel.lower.intercept
@@ -362,7 +383,7 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
             bias = bias + b
             _push(pending, node.inputs[0], Patches(new, P.oy, P.ox, P.C, P.H, P.W))
             continue
-        if _is_conv2d(ctx, node) and (alphas is None or ctx.consumer_count.get(value, 0) == 1):
+        if step == "conv":
             Wt = ctx.consts[node.inputs[1]]
             geo = rule.local_geometry(node, Wt)
             Bp, G, R, Co, ph, pw = P.data.shape
@@ -376,23 +397,23 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
             Q.data = Q.data.mul_(valid) if inplace else Q.data * valid
             _push(pending, node.inputs[0], Q)
             continue
-        pool = _pool_geometry(node) if alphas is None else None
-        if pool is not None and _map_shape(node.out_shape) == (P.C, P.H, P.W):
+        if step == "pool":
+            pool = _pool_geometry(node)
             if node.op_type == "MaxPool":
                 Q, bias = _maxpool_back(ctx, node, P, bias, pool)
             else:
                 Q = _avgpool_back(node, P, pool, inplace)
             _push(pending, node.inputs[0], Q)
             continue
-        if node.op_type in ("Identity", "Dropout") and same_map and len(node.inputs) == 1:
+        if step == "identity":
             _push(pending, node.inputs[0], P)
             continue
-        if alphas is None and _is_map_batchnorm(ctx, node) and same_map:
+        if step == "batchnorm":
             gain, shift = rule._gain_shift(node, (None, *[ctx.consts[i] for i in node.inputs[1:]]))
             bias = bias + P.data.sum((-2, -1)) @ shift.reshape(-1)
             _push(pending, node.inputs[0], Patches(P.data * gain.reshape(-1, 1, 1), P.oy, P.ox, P.C, P.H, P.W))
             continue
-        if alphas is None and _is_map_add(ctx, node) and _map_shape(node.out_shape) == (P.C, P.H, P.W):
+        if step == "add":
             # a residual join: the same coefficients on both summands (read-only from here on)
             _push(pending, node.inputs[0], P)
             _push(pending, node.inputs[1], P)
