@@ -21,6 +21,7 @@ import torch
 
 from perturbkit.bounds.engine import Context, backward, interval_of, tighten, with_prior
 from perturbkit.bounds.ibp import interval_spec
+from perturbkit.graph.ir import Node
 from perturbkit.ops.base import Interval
 from perturbkit.ops.registry import rule_for
 
@@ -93,7 +94,7 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> dict[str, torch.Tensor]:
     return tightened
 
 
-def _not_flat(ctx: Context, act, itv: Interval) -> torch.Tensor:
+def _not_flat(ctx: Context, act: Node, itv: Interval) -> torch.Tensor:
     """Elements of ``z`` where the monotone activation ``act`` is not constant over its
     interval (``f(lo) != f(hi)``): elsewhere ``f([z])`` is already one point, so a tighter
     bound of ``z`` changes nothing (ReLU: the stably inactive elements)."""
@@ -102,20 +103,21 @@ def _not_flat(ctx: Context, act, itv: Interval) -> torch.Tensor:
     return rule.forward(act, itv.lo, *consts) != rule.forward(act, itv.hi, *consts)
 
 
-def _wanted_whole(ctx: Context, need: dict[str, list]) -> dict[str, object]:
+def _wanted_whole(ctx: Context, need: dict[str, list]) -> dict[str, Node]:
     """Convolution outputs ``z`` to bound by CROWN in every element (in patch mode), not only
     where their activation is unstable: those whose single consumer is a monotone activation
     ``y = f(z)`` whose own bounds a selection (MaxPool), bilinear or interval rule reads in
     every element.  Then ``y``'s interval ``f([z])`` is at least as tight as a CROWN pass from
     ``y`` (:func:`_crown_adds_nothing`) and that pass, which would have to run densely, is
-    skipped, at a fraction of the cost.  (Every element where ``f`` is not constant over the
-    interval of ``z``: :func:`_not_flat`.)  Returns ``z`` -> the activation node.  (The same rule in dense mode, so that both modes
-    give the same bounds.  ``y``'s bounds are the same or tighter; a MaxPool after it picks
-    its window element from them, so a bound further on can move either way, soundly.)"""
+    skipped, at a fraction of the cost: every element where ``f`` is not constant over the
+    interval of ``z`` (:func:`_not_flat`).  Returns ``z`` -> the activation node.  (The same
+    rule in dense mode, so that both modes give the same bounds.  ``y``'s bounds are the same
+    or tighter; a MaxPool after it picks its window element from them, so a bound further on
+    can move either way, soundly.)"""
     from perturbkit.bounds import patches
 
     g = ctx.graph
-    out: dict[str, object] = {}
+    out: dict[str, Node] = {}
     for node in g.nodes:
         rule = rule_for(node, g.source)
         if rule.kind != "activation" or not rule.monotone:

@@ -228,8 +228,9 @@ def tighten(ctx: Context, name: str, itv: Interval, idx: Tensor, mask: Optional[
         return tighten_by_expansion(ctx, name, itv, idx, *src)
     budget = _BUDGET_BYTES if local else _DENSE_BUDGET_BYTES
     chunk = max(1, budget // max(1, 2 * B * widest * itemsize))
-    if local and patches.extent(ctx, name) is not None:  # no dense hand-over: sized by the largest patch
-        chunk = max(chunk, budget // max(1, _PATCH_TEMPORARIES * 2 * B * patches.extent(ctx, name) * itemsize))
+    largest = patches.extent(ctx, name) if local else None
+    if largest is not None:  # no dense hand-over: sized by the largest patch
+        chunk = max(chunk, budget // max(1, _PATCH_TEMPORARIES * 2 * B * largest * itemsize))
     if local:  # patch mode computes the channels of a position together: chunks of positions
         hw = math.prod(shape[-2:])  # asking for about as many channels each, then by position
         count = torch.bincount(idx % hw, minlength=hw)

@@ -409,7 +409,7 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
             _push(pending, node.inputs[0], P)
             continue
         if step == "batchnorm":
-            gain, shift = rule._gain_shift(node, (None, *[ctx.consts[i] for i in node.inputs[1:]]))
+            gain, shift = rule.gain_shift(node, (None, *[ctx.consts[i] for i in node.inputs[1:]]))
             bias = bias + P.data.sum((-2, -1)) @ shift.reshape(-1)
             _push(pending, node.inputs[0], Patches(P.data * gain.reshape(-1, 1, 1), P.oy, P.ox, P.C, P.H, P.W))
             continue

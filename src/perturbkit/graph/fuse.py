@@ -399,11 +399,15 @@ def _mark_stochastic_rows(graph: Graph, node: Node, idx: Index) -> Optional[Fusi
 
 # -- BatchNormalization after a convolution ------------------------------------------------------
 def _fold_conv_batchnorm(graph: Graph, node: Node, idx: Index) -> Optional[Fusion]:
+    from perturbkit.ops.batchnorm import gain_shift
+
     """``BatchNormalization(Conv(x, W, b))`` in inference mode, the Conv's output read by
     nothing else: one Conv with ``W' = W * g`` (per output channel) and ``b' = (b - mean) * g + B``,
     ``g = scale / sqrt(var + eps)``; folded in float64, stored in ``W``'s dtype.  The ONNX
-    exporter folds it this way in eval mode, so both front ends meet the same graph (and the
+    exporter folds it this way in eval mode (the map: :func:`perturbkit.ops.batchnorm.gain_shift`), so both front ends meet the same graph (and the
     patch-mode walk of :mod:`perturbkit.bounds.patches` has one node less to cross)."""
+    from perturbkit.ops.batchnorm import gain_shift
+
     if node.op_type != "BatchNormalization" or int(node.attrs.get("training_mode", 0)) or len(node.inputs) != 5:
         return None
     conv = _op(idx, node.inputs[0], "Conv")
@@ -419,10 +423,11 @@ def _fold_conv_batchnorm(graph: Graph, node: Node, idx: Index) -> Optional[Fusio
     co = W.shape[0]
     if any(t.numel() != co for t in (scale, shift, mean, var)):
         return None
-    g = scale / torch.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
-    b = graph.constants[conv.inputs[2]].to(torch.float64).reshape(-1) if len(conv.inputs) > 2 else torch.zeros(co, dtype=torch.float64)
+    g, h = gain_shift(scale, shift, mean, var, float(node.attrs.get("epsilon", 1e-5)))
+    b = (graph.constants[conv.inputs[2]].to(torch.float64).reshape(-1) if len(conv.inputs) > 2
+         else torch.zeros(co, dtype=torch.float64))
     w_new = (W.to(torch.float64) * g.reshape(-1, *([1] * (W.dim() - 1)))).to(W.dtype)
-    b_new = ((b - mean) * g + shift).to(W.dtype)
+    b_new = (b * g + h).to(W.dtype)
     names = (_fresh(graph, f"{node.output}/weight"), _fresh(graph, f"{node.output}/bias"))
     return _fused(node, "Conv", (conv.inputs[0], *names), dict(conv.attrs), graph, [conv],
                   {names[0]: w_new, names[1]: b_new})
