@@ -52,7 +52,7 @@ def test_conv_chain_patches_equal_dense(geo, norm, monkeypatch):
 
     calls = []
     orig = patches.lower_upper
-    monkeypatch.setattr(patches, "lower_upper", lambda *a: calls.append(1) or orig(*a))
+    monkeypatch.setattr(patches, "lower_upper", lambda *a, **k: calls.append(1) or orig(*a, **k))
     a = _bounds(net, s, True, monkeypatch)
     assert calls, "patch mode was not used"
     b = _bounds(net, s, False, monkeypatch)
@@ -241,3 +241,104 @@ def test_residual_blocks_in_patch_mode_equal_dense(name, method, monkeypatch):
         with torch.no_grad():
             y = md(x[i] + d)
         assert bool((y >= a.lower[i] - 1e-9).all() and (y <= a.upper[i] + 1e-9).all())
+
+
+SPARSE_NETS = {
+    "relu_chain": lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                                        nn.ReLU(), nn.Conv2d(4, 3, 3, stride=2), nn.ReLU()),
+    "sigmoid_chain": lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Sigmoid(), nn.Conv2d(4, 4, 3),
+                                           nn.Tanh(), nn.Conv2d(4, 3, 3), nn.ReLU()),
+    "residual": lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), _Res(4, 4), _Res(4, 6, 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPARSE_NETS))
+def test_sparse_relaxation_equals_dense(name, monkeypatch):
+    """Relaxation lines applied only at the patch entries where lower and upper lines differ
+    (patches._MapLines with an index) give the bounds of the dense form and of the dense
+    backward pass, on a batch of two inputs (lines differing in one entry only), with and
+    without intercepts."""
+    from perturbkit.bounds import patches
+
+    torch.manual_seed(sum(map(ord, name)))
+    body = SPARSE_NETS[name]()
+    x0 = torch.zeros(1, 2, 10, 10)
+    m = nn.Sequential(body, nn.Flatten(), nn.Linear(body.eval()(x0).numel(), 3)).eval()
+    net = to_network(m, x0)
+    x = torch.rand(2, 2, 10, 10, dtype=torch.float64) * 2 - 1
+    s = pk.sets.LpBall(x, 0.1)
+    made = []
+    orig = patches._MapLines
+    monkeypatch.setattr(patches, "_MapLines", lambda *a, **k: made.append(k.get("idx") is not None) or orig(*a, **k))
+    got = {}
+    for share in (1.0, 0.0):
+        made.clear()
+        monkeypatch.setattr(patches, "_SPARSE_SHARE", share)
+        got[share] = _bounds(net, s, True, monkeypatch)
+        assert made, "no relaxation was applied in patch mode"
+        if share == 1.0:
+            assert all(made), "a relaxation was applied densely"
+        elif name == "sigmoid_chain":
+            assert not any(made[:1]), "the sigmoid's lines (different everywhere) were applied sparsely"
+    ref = _bounds(net, s, False, monkeypatch)
+    for b in got.values():
+        torch.testing.assert_close(b.lower, ref.lower, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(b.upper, ref.upper, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("patch_mode", [True, False])
+def test_upper_bounds_first_before_relu(patch_mode, monkeypatch):
+    """Before a ReLU, CROWN computes upper bounds first and lower bounds only where the upper
+    one is above 0: the final bounds are those of computing both everywhere, every upper
+    intermediate bound too, and every lower one where the ReLU is not stably inactive; the
+    intermediate intervals hold on sampled inputs."""
+    import importlib
+
+    from perturbkit.bounds.crown import crown
+    from perturbkit.bounds.engine import make_context
+
+    crown_mod = importlib.import_module("perturbkit.bounds.crown")
+    torch.manual_seed(3)
+    body = SPARSE_NETS["residual"]()
+    x0 = torch.zeros(1, 2, 10, 10)
+    m = nn.Sequential(body, nn.Flatten(), nn.Linear(body.eval()(x0).numel(), 3)).eval()
+    net = to_network(m, x0)
+    x = torch.rand(2, 2, 10, 10, dtype=torch.float64) * 2 - 1
+    s = pk.sets.LpBall(x, 0.05)
+    firsts = []
+    orig = engine.tighten
+
+    def spy(*a, **k):
+        firsts.append(k.get("upper_first", False))
+        return orig(*a, **k)
+
+    monkeypatch.setattr(crown_mod, "tighten", spy)
+    runs = {}
+    for skip in (True, False):
+        if not skip:
+            monkeypatch.setattr(crown_mod, "_constant_below_zero", lambda *a: False)
+        ctx = make_context(net, s)
+        ctx.use_patches = patch_mode
+        runs[skip] = (crown(ctx, None), ctx.intervals)
+    assert any(firsts), "no value was bounded upper bounds first"
+    (lo_a, hi_a), itv_a = runs[True]
+    (lo_b, hi_b), itv_b = runs[False]
+    torch.testing.assert_close(lo_a, lo_b, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(hi_a, hi_b, rtol=1e-9, atol=1e-9)
+    skipped = 0
+    for v, a in itv_a.items():
+        b = itv_b[v]
+        torch.testing.assert_close(a.hi, b.hi, rtol=1e-9, atol=1e-9)
+        live = b.hi > 0
+        torch.testing.assert_close(a.lo[live], b.lo[live], rtol=1e-9, atol=1e-9)
+        assert (a.lo <= b.lo + 1e-9).all()
+        skipped += int(((a.lo < b.lo - 1e-9) & ~live).sum())
+    assert skipped, "no lower bound was skipped"
+    # sampled inputs stay inside every intermediate interval
+    g = torch.Generator().manual_seed(0)
+    d = (torch.rand(200, 2, 10, 10, generator=g, dtype=torch.float64) * 2 - 1) * 0.05
+    for i in range(2):
+        vals = net.run(net.internal(x[i] + d))
+        for v, a in itv_a.items():
+            y = vals[v].reshape(200, -1)
+            assert (y >= a.lo[i].reshape(1, -1) - 1e-6).all() and (y <= a.hi[i].reshape(1, -1) + 1e-6).all(), v

@@ -33,7 +33,7 @@ def test_pairs_equal_shared(monkeypatch):
 
     orig_tighten = engine.tighten
     monkeypatch.setattr(crown_mod, "tighten",
-                        lambda ctx, name, itv, idx, mask=None: orig_tighten(ctx, name, itv, idx))
+                        lambda ctx, name, itv, idx, mask=None, **kw: orig_tighten(ctx, name, itv, idx, **kw))
     b = crown(ctx, None)
     torch.testing.assert_close(a[0], b[0], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(a[1], b[1], rtol=1e-10, atol=1e-10)

@@ -84,7 +84,8 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> dict[str, torch.Tensor]:
                 mask = _unstable_mask(ctx, need[node.output], itv)
             idx = mask.reshape(ctx.batch, -1).any(0).nonzero().squeeze(1)
             if idx.numel():
-                itv = tighten(ctx, node.output, itv, idx, mask=mask)
+                itv = tighten(ctx, node.output, itv, idx, mask=mask,
+                              upper_first=_constant_below_zero(ctx, node.output, need[node.output]))
                 tightened[node.output] = idx
                 if idx.numel() == itv.lo[0].numel():
                     full.add(node.output)
@@ -92,6 +93,17 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> dict[str, torch.Tensor]:
                 full.add(node.output)  # (the elements left out give a point through f)
         ctx.intervals[node.output] = with_prior(ctx, node.output, itv)
     return tightened
+
+
+def _constant_below_zero(ctx: Context, value: str, readers: list) -> bool:
+    """Whether every node reading ``value`` is an activation constant below 0 whatever the
+    lower bound (ReLU, ``rule.constant_below_zero``): then an element whose upper bound is
+    <= 0 needs no lower bound, f([z]) is one point there (also for :func:`_crown_adds_nothing`)."""
+    g = ctx.graph
+    if value == g.output_name or ctx.consumer_count.get(value, 0) != len(readers):
+        return False
+    return all(rule_for(r, g.source).kind == "activation" and rule_for(r, g.source).constant_below_zero
+               and list(r.inputs).count(value) == 1 and r.inputs[0] == value for r in readers)
 
 
 def _not_flat(ctx: Context, act: Node, itv: Interval) -> torch.Tensor:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -199,7 +199,8 @@ def with_prior(ctx: Context, name: str, itv: Interval) -> Interval:
     return Interval(torch.maximum(itv.lo, known.lo), torch.minimum(itv.hi, known.hi))
 
 
-def tighten(ctx: Context, name: str, itv: Interval, idx: Tensor, mask: Optional[Tensor] = None) -> Interval:
+def tighten(ctx: Context, name: str, itv: Interval, idx: Tensor, mask: Optional[Tensor] = None, *,
+            upper_first: bool = False) -> Interval:
     """Intersect ``itv`` (B, *shape) with linear (CROWN) bounds of the flat elements ``idx``
     of value ``name``, computed in chunks that fit the memory budget; convolution outputs
     use patch mode (:mod:`perturbkit.bounds.patches`).
@@ -208,6 +209,10 @@ def tighten(ctx: Context, name: str, itv: Interval, idx: Tensor, mask: Optional[
     much sparser than ``idx`` shared by the whole batch (many small boxes in branch and
     bound), only the (entry, element) pairs it marks are computed
     (:func:`perturbkit.bounds.pairs.tighten_pairs`).
+
+    ``upper_first``: the caller knows that every reader of the value is constant below 0
+    whatever the lower bound (ReLU): upper bounds are computed first, lower bounds only of
+    the elements whose upper bound is above 0 (the others keep the interval's).
     """
     from perturbkit.bounds import patches
 
@@ -227,30 +232,51 @@ def tighten(ctx: Context, name: str, itv: Interval, idx: Tensor, mask: Optional[
     if src is not None:  # (e.g. a softmax's pairwise differences: through the scores' linear bounds)
         return tighten_by_expansion(ctx, name, itv, idx, *src)
     budget = _BUDGET_BYTES if local else _DENSE_BUDGET_BYTES
-    chunk = max(1, budget // max(1, 2 * B * widest * itemsize))
+    per_row = max(1, B * widest * itemsize)
     largest = patches.extent(ctx, name) if local else None
     if largest is not None:  # no dense hand-over: sized by the largest patch
-        chunk = max(chunk, budget // max(1, _PATCH_TEMPORARIES * 2 * B * largest * itemsize))
+        per_row = min(per_row, max(1, _PATCH_TEMPORARIES * B * largest * itemsize))
+    rows = max(1, budget // per_row)  # specifications per pass
+    lo = itv.lo.reshape(B, n).clone()
+    hi = itv.hi.reshape(B, n).clone()
+    sides = [("upper",), ("lower",)] if upper_first else [("lower", "upper")]
+    for which in sides:
+        if which == ("lower",):
+            idx = idx[(hi[:, idx] > 0).any(0)]
+        for part, got in _linear_bounds(ctx, name, idx, which, rows, local, shape):
+            for side, r in zip(which, got):
+                if side == "lower":
+                    lo[:, part] = torch.maximum(lo[:, part], r) if INTERSECT_INTERMEDIATE else r
+                else:
+                    hi[:, part] = torch.minimum(hi[:, part], r) if INTERSECT_INTERMEDIATE else r
+    return Interval(lo.reshape(B, *shape), hi.reshape(B, *shape))
+
+
+def _linear_bounds(ctx: Context, name: str, idx: Tensor, sides: tuple[str, ...], rows: int, local: bool,
+                   shape) -> Iterator[tuple[Tensor, tuple[Tensor, ...]]]:
+    """CROWN bounds ``sides`` of the flat elements ``idx`` of ``name``, ``rows``
+    specifications per pass -> per pass (the elements (K,), a (B, K) tensor per side)."""
+    from perturbkit.bounds import patches
+
+    n = math.prod(shape)
+    chunk = max(1, rows // len(sides))
     if local:  # patch mode computes the channels of a position together: chunks of positions
         hw = math.prod(shape[-2:])  # asking for about as many channels each, then by position
         count = torch.bincount(idx % hw, minlength=hw)
         idx = idx[torch.argsort((count[idx % hw] * hw + idx % hw) * n + idx)]
-    lo = itv.lo.reshape(B, n).clone()
-    hi = itv.hi.reshape(B, n).clone()
     for start in range(0, idx.numel(), chunk):
         part = idx[start:start + chunk]
-        K = part.numel()
         if local:
-            r = torch.cat(patches.lower_upper(ctx, name, part), 1)
-            r[:, K:] = -r[:, K:]
-        else:
-            E = torch.zeros(K, n, dtype=ctx.dtype, device=ctx.device)
-            E[torch.arange(K, device=ctx.device), part] = 1.0
-            A = torch.cat([E, -E], 0).unsqueeze(0).expand(B, 2 * K, n).reshape(B, 2 * K, *shape)
-            r = backward(ctx, name, A)
-        lo[:, part] = torch.maximum(lo[:, part], r[:, :K]) if INTERSECT_INTERMEDIATE else r[:, :K]
-        hi[:, part] = torch.minimum(hi[:, part], -r[:, K:]) if INTERSECT_INTERMEDIATE else -r[:, K:]
-    return Interval(lo.reshape(B, *shape), hi.reshape(B, *shape))
+            yield part, patches.lower_upper(ctx, name, part, sides=sides)
+            continue
+        K = part.numel()
+        E = torch.zeros(K, n, dtype=ctx.dtype, device=ctx.device)
+        E[torch.arange(K, device=ctx.device), part] = 1.0
+        signs = [1.0 if side == "lower" else -1.0 for side in sides]
+        A = torch.cat([sg * E for sg in signs], 0)
+        A = A.unsqueeze(0).expand(ctx.batch, A.shape[0], n).reshape(ctx.batch, A.shape[0], *shape)
+        r = backward(ctx, name, A)
+        yield part, tuple(sg * r[:, k * K:(k + 1) * K] for k, sg in enumerate(signs))
 
 
 def constant_part(ctx: Context, node: Node) -> Optional[Tensor]:

@@ -47,6 +47,8 @@ class Patches:
     C: int
     H: int
     W: int
+    #: ``data`` is also pending elsewhere (both summands of a residual join): never updated in place
+    shared: bool = False
 
     @property
     def ph(self) -> int:
@@ -256,10 +258,11 @@ def _extent(ctx: Context, name: str) -> Optional[int]:
     return biggest
 
 
-def lower_upper(ctx: Context, name: str, idx: Tensor,
-                alphas: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Tensor]:
+def lower_upper(ctx: Context, name: str, idx: Tensor, alphas: Optional[dict[str, Tensor]] = None,
+                sides: tuple[str, ...] = ("lower", "upper")) -> tuple[Tensor, ...]:
     """CROWN lower and upper bounds of the flat elements ``idx`` (K,) of a Conv (or residual
-    Add) output ``v`` -> two (B, K) tensors.
+    Add) output ``v`` -> a (B, K) tensor for each of ``sides`` ('lower', 'upper'; CROWN
+    only: alpha-CROWN computes both).
 
     Layout: one group per position, its rows the channels asked for there (``R = 2 R'``, the
     lower and the upper bound of each), so the relaxation lines and the input set are
@@ -310,23 +313,24 @@ def lower_upper(ctx: Context, name: str, idx: Tensor,
             for k in range(cin_g):
                 rows[gi, ri, grp * cin_g + k] = Wd[ch, k]
         oy, ox = i * geo["strides"][0] - geo["pads_begin"][0], j * geo["strides"][1] - geo["pads_begin"][1]
-        bias = torch.zeros(1, Gn, Rh, 2, dtype=ctx.dtype, device=ctx.device)
-        if b is not None:
-            bias = bias + torch.stack([b[ch], -b[ch]], -1).unsqueeze(0)
+        bias = torch.zeros(Gn, Rh, dtype=ctx.dtype, device=ctx.device) if b is None else b[ch]
         start, maps = node.inputs[0], (Cin, Hi, Wi)
     else:  # (a residual Add, a BatchNormalization) the identity patch on the value itself
         rows = torch.zeros(Gn, Rh, C, 1, 1, dtype=ctx.dtype, device=ctx.device)
         rows.scatter_(2, ch.view(Gn, Rh, 1, 1, 1), 1.0)
         oy, ox = i, j
-        bias = torch.zeros(1, Gn, Rh, 2, dtype=ctx.dtype, device=ctx.device)
+        bias = torch.zeros(Gn, Rh, dtype=ctx.dtype, device=ctx.device)
         start, maps = name, (C, H, W)
-    data = torch.stack([rows, -rows], 2).reshape(1, Gn, 2 * Rh, *rows.shape[2:])  # rows +v, -v interleaved
+    signs = [1.0 if side == "lower" else -1.0 for side in sides]  # minimise +v, -v
+    m = len(signs)
+    data = torch.stack([sg * rows for sg in signs], 2).reshape(1, Gn, m * Rh, *rows.shape[2:])  # interleaved
+    bias = torch.stack([sg * bias for sg in signs], -1).reshape(1, Gn, m * Rh)
     P = Patches(data, oy, ox, *maps)
     if start != name:
         P.data.mul_(P.valid().to(P.data.dtype))
-    r = _walk(ctx, start, P, bias.reshape(1, Gn, 2 * Rh), alphas).reshape(-1, Gn, Rh, 2)  # (B, G, R', 2)
-    r = r[:, inv, rank] if alphas is None else r[:, :, 0]  # (B, K, 2)
-    return r[..., 0], -r[..., 1]
+    r = _walk(ctx, start, P, bias, alphas).reshape(-1, Gn, Rh, m)  # (B, G, R', m)
+    r = r[:, inv, rank] if alphas is None else r[:, :, 0]  # (B, K, m)
+    return tuple(sg * r[..., k] for k, sg in enumerate(signs))
 
 
 def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
@@ -372,16 +376,12 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
                 if line.intercept.dim() > 0 or bool(line.intercept):
                     bias = bias + (part * line.intercept).flatten(3).sum(-1)
             _push(pending, node.inputs[0], Patches(Ap * rel.lower.slope + An * rel.upper.slope, P.oy, P.ox,
-                                                   P.C, P.H, P.W))
+                                                   P.C, P.H, P.W), inplace)
             continue
         if step == "activation":
-            rel = relaxation_of(ctx, node)
-            shp = (B, P.C, P.H, P.W)
-            il = None if not bool(rel.lower.intercept.any()) else rel.lower.intercept
-            iu = None if not bool(rel.upper.intercept.any()) else rel.upper.intercept
-            new, b = _through_lines(P, rel.lower.slope, rel.upper.slope, il, iu, shp)
+            new, b = _through_lines(P, _map_lines(ctx, node, (B, P.C, P.H, P.W)), inplace)
             bias = bias + b
-            _push(pending, node.inputs[0], Patches(new, P.oy, P.ox, P.C, P.H, P.W))
+            _push(pending, node.inputs[0], Patches(new, P.oy, P.ox, P.C, P.H, P.W), inplace)
             continue
         if step == "conv":
             Wt = ctx.consts[node.inputs[1]]
@@ -395,7 +395,7 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
                         P.ox * geo["strides"][1] - geo["pads_begin"][1], Ci, Hi, Wi)
             valid = Q.valid().to(Q.data.dtype)
             Q.data = Q.data.mul_(valid) if inplace else Q.data * valid
-            _push(pending, node.inputs[0], Q)
+            _push(pending, node.inputs[0], Q, inplace)
             continue
         if step == "pool":
             pool = _pool_geometry(node)
@@ -403,20 +403,22 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
                 Q, bias = _maxpool_back(ctx, node, P, bias, pool)
             else:
                 Q = _avgpool_back(node, P, pool, inplace)
-            _push(pending, node.inputs[0], Q)
+            _push(pending, node.inputs[0], Q, inplace)
             continue
         if step == "identity":
-            _push(pending, node.inputs[0], P)
+            _push(pending, node.inputs[0], P, inplace)
             continue
         if step == "batchnorm":
             gain, shift = rule.gain_shift(node, (None, *[ctx.consts[i] for i in node.inputs[1:]]))
             bias = bias + P.data.sum((-2, -1)) @ shift.reshape(-1)
-            _push(pending, node.inputs[0], Patches(P.data * gain.reshape(-1, 1, 1), P.oy, P.ox, P.C, P.H, P.W))
+            _push(pending, node.inputs[0], Patches(P.data * gain.reshape(-1, 1, 1), P.oy, P.ox, P.C, P.H, P.W),
+                  inplace)
             continue
         if step == "add":
             # a residual join: the same coefficients on both summands (read-only from here on)
-            _push(pending, node.inputs[0], P)
-            _push(pending, node.inputs[1], P)
+            shared = Patches(P.data, P.oy, P.ox, P.C, P.H, P.W, shared=True)
+            _push(pending, node.inputs[0], shared, inplace)
+            _push(pending, node.inputs[1], shared, inplace)
             continue
         # anything else: continue densely with the general backward pass, from every pending value
         if alphas is not None:
@@ -429,32 +431,113 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
     return bias.expand(B, *bias.shape[1:])
 
 
-def _through_lines(P: Patches, sl: Tensor, su: Tensor, il: Optional[Tensor], iu: Optional[Tensor],
-                   shp: tuple[int, int, int, int]) -> tuple[Tensor, Tensor]:
-    """Patch coefficients ``A`` through an elementwise relaxation ``sl x + il <= f(x) <= su x + iu``
-    (lines on the map, broadcastable to ``shp`` = (B, C, H, W); None: a zero intercept) ->
-    (``A+ sl + A- su``, the bias ``<A+, il> + <A-, iu>`` (B, G, R)).
+#: a relaxation is applied sparsely (:class:`_MapLines`) where at most this share of the map's
+#: elements have lower and upper lines that differ (ReLU: the unstable elements)
+_SPARSE_SHARE = 0.1
 
-    Written as ``A su + A+ (sl - su)`` and ``<A, iu> + <A+, il - iu>``: the differences are
-    taken on the maps before the gather, so the patch-sized work is one clamp, two products,
-    one sum and two small matrix products (``A`` itself is left unchanged: it may be shared)."""
+
+@dataclass
+class _MapLines:
+    """An elementwise relaxation ``sl x + il <= f(x) <= su x + iu`` on a map, for patches.
+
+    ``su`` is the upper slope (B, C, H, W).  Where the lines differ only at few elements
+    (``idx`` not None: the flat map indices, sorted, of the elements whose slopes or
+    intercepts are not those of ``su x``), the differences are kept there only: ``d`` =
+    ``sl - su``, ``e`` = ``il - iu``, ``i`` = ``iu`` (B, nu) each.  Otherwise ``maps`` holds
+    them as maps (B, C, H, W): ``sl - su``, then ``il - iu`` and ``iu`` when there are
+    intercepts (None: ``i`` is zero)."""
+
+    su: Tensor
+    idx: Optional[Tensor] = None
+    d: Optional[Tensor] = None
+    e: Optional[Tensor] = None
+    i: Optional[Tensor] = None
+    maps: Optional[list] = None
+    has_iu: bool = False
+
+
+def _map_lines(ctx: Context, node, shp: tuple[int, int, int, int]) -> _MapLines:
+    """The relaxation of activation ``node`` on its map (B, C, H, W), cached with the
+    relaxation (``ctx.line_diffs``, which alpha-CROWN clears when the lines change)."""
+    key = ("patch lines", node.name)
+    got = ctx.line_diffs.get(key)
+    if got is not None:
+        return got
+    rel = relaxation_of(ctx, node)
     B = shp[0]
-    maps = [su, sl - su]
-    if il is not None or iu is not None:
-        zero = torch.zeros((), dtype=P.data.dtype, device=P.data.device)
-        maps += [(il if il is not None else zero) - (iu if iu is not None else zero)]
+
+    def full(t: Tensor) -> Tensor:
+        return t.expand(B, 1, *shp[1:]).reshape(shp)
+
+    su, sl = full(rel.upper.slope), full(rel.lower.slope)
+    il = full(rel.lower.intercept) if bool(rel.lower.intercept.any()) else None
+    iu = full(rel.upper.intercept) if bool(rel.upper.intercept.any()) else None
+    d = sl - su
+    e = None if il is None and iu is None else (il if il is not None else 0.0) - (iu if iu is not None else 0.0)
+    differs = d != 0
+    if e is not None:
+        differs |= e != 0
     if iu is not None:
-        maps += [iu]
-    g = P.gather(torch.cat([t.expand(B, 1, *shp[1:]).reshape(shp) for t in maps], 1)).split(P.C, dim=3)
-    Ap = P.data.clamp(min=0)
-    bias = P.data.new_zeros(())
-    if len(g) > 2:  # <A+, il - iu> (+ <A, iu>)
-        bias = (Ap.flatten(3) @ g[2].flatten(3).transpose(-1, -2)).squeeze(-1)
-        if iu is not None:
-            bias = bias + (P.data.flatten(3) @ g[3].flatten(3).transpose(-1, -2)).squeeze(-1)
-    new = P.data * g[0]
-    Ap = Ap.mul_(g[1]) if Ap.shape[0] == B else Ap * g[1]
-    return new.add_(Ap), bias
+        differs |= iu != 0
+    differs = differs.reshape(B, -1).any(0)
+    n = differs.numel()
+    if int(differs.sum()) <= _SPARSE_SHARE * n:
+        idx = differs.nonzero().squeeze(1)
+        take = lambda t: None if t is None else t.reshape(B, n)[:, idx]  # noqa: E731
+        lines = _MapLines(su, idx=idx, d=take(d), e=take(e), i=take(iu), has_iu=iu is not None)
+    else:
+        maps = [d] + ([] if e is None else [e]) + ([] if iu is None else [iu])
+        lines = _MapLines(su, maps=maps, has_iu=iu is not None)
+    ctx.line_diffs[key] = lines
+    return lines
+
+
+def _through_lines(P: Patches, lines: _MapLines, inplace: bool) -> tuple[Tensor, Tensor]:
+    """Patch coefficients ``A`` through an elementwise relaxation -> (``A+ sl + A- su``, the
+    bias ``<A+, il> + <A-, iu>`` (B, G, R)).
+
+    Written as ``A su + A+ (sl - su)`` and ``<A, iu> + <A+, il - iu>``: one product with the
+    gathered upper slopes, then the difference terms, which are zero where the two lines
+    agree (ReLU: every stable element), at only the patch entries that lie on an element
+    where they differ (:class:`_MapLines`), or densely from gathered maps.  ``A`` is
+    updated in place when ``inplace`` and it is not shared."""
+    B = lines.su.shape[0]
+    Bp, G, R = P.data.shape[:3]
+    own = inplace and not P.shared and Bp >= B
+    if lines.idx is None:
+        g = P.gather(torch.cat([lines.su] + lines.maps, 1)).split(P.C, dim=3)
+        Ap = P.data.clamp(min=0)
+        bias = P.data.new_zeros(())
+        if len(g) > 2:  # <A+, il - iu> (+ <A, iu>)
+            bias = (Ap.flatten(3) @ g[2].flatten(3).transpose(-1, -2)).squeeze(-1)
+            if lines.has_iu:
+                bias = bias + (P.data.flatten(3) @ g[3].flatten(3).transpose(-1, -2)).squeeze(-1)
+        new = P.data.mul_(g[0]) if own else P.data * g[0]
+        Ap = Ap.mul_(g[1]) if Ap.shape[0] == new.shape[0] else Ap * g[1]
+        return new.add_(Ap), bias
+    # the (group, element) pairs with the element inside the group's window
+    ph, pw = P.ph, P.pw
+    hw = P.H * P.W
+    c, y, x = lines.idx // hw, (lines.idx % hw) // P.W, lines.idx % P.W
+    dy = y.view(1, -1) - P.oy.view(-1, 1)  # (G, nu)
+    dx = x.view(1, -1) - P.ox.view(-1, 1)
+    gi, ui = ((dy >= 0) & (dy < ph) & (dx >= 0) & (dx < pw)).nonzero(as_tuple=True)
+    off = (c[ui] * ph + dy[gi, ui]) * pw + dx[gi, ui]
+    A = P.data.reshape(Bp, G, R, -1).permute(1, 3, 0, 2)  # (G, L, B', R) view
+    sel = A[gi, off]  # (np, B', R): the entries where the lines differ
+    pos = sel.clamp(min=0)
+    new = P.data.mul_(P.gather(lines.su)) if own else P.data * P.gather(lines.su)
+    Bn = new.shape[0]
+    col = lambda t: t[:, ui].t().unsqueeze(-1)  # noqa: E731  (B, nu) -> (np, B, 1)
+    new.reshape(Bn, G, R, -1).permute(1, 3, 0, 2).index_put_((gi, off), pos * col(lines.d), accumulate=True)
+    if lines.e is None and lines.i is None:
+        return new, P.data.new_zeros(())
+    terms = pos * col(lines.e) if lines.e is not None else 0.0
+    if lines.i is not None:
+        terms = terms + sel * col(lines.i)
+    Bb = max(Bp, B)
+    bias = P.data.new_zeros(G, Bb, R).index_add_(0, gi, terms.expand(-1, Bb, R))
+    return new, bias.permute(1, 0, 2)
 
 
 def _dense(ctx: Context, P: Patches, value: str) -> Tensor:
@@ -463,17 +546,28 @@ def _dense(ctx: Context, P: Patches, value: str) -> Tensor:
     return A.expand(ctx.batch, *A.shape[1:]).reshape(ctx.batch, A.shape[1], *ctx.graph.shapes[value])
 
 
-def _push(pending: dict[str, Patches], value: str, P: Patches) -> None:
+def _push(pending: dict[str, Patches], value: str, P: Patches, inplace: bool) -> None:
     """Add patch coefficients ``P`` to those already pending on ``value``."""
     Q = pending.get(value)
-    pending[value] = P if Q is None else _sum_patches(Q, P)
+    pending[value] = P if Q is None else _sum_patches(Q, P, inplace)
 
 
-def _sum_patches(P: Patches, Q: Patches) -> Patches:
-    """``P + Q`` on one map: the union of the two windows of every group (new tensors; the
-    operands may be shared).  Windows whose relative offset is the same in every group (the
-    usual case: both branches have the same total stride and padding) are added by slicing,
-    other ones by an indexed scatter."""
+def _sum_patches(P: Patches, Q: Patches, inplace: bool = False) -> Patches:
+    """``P + Q`` on one map: the union of the two windows of every group.  When ``inplace``
+    and one operand is not shared and its windows hold the other's at the same relative
+    offset in every group (a residual block's body around its identity shortcut), the other
+    is added into it; otherwise into new tensors: windows whose relative offset is the same
+    in every group (the usual case: both branches have the same total stride and padding)
+    by slicing, other ones by an indexed scatter."""
+    for big, small in ((P, Q), (Q, P)):
+        if not inplace or big.shared or big.data.shape[0] < small.data.shape[0]:
+            continue
+        dy, dx = small.oy - big.oy, small.ox - big.ox
+        y0, x0 = int(dy[0]), int(dx[0])
+        if (y0 >= 0 and x0 >= 0 and y0 + small.ph <= big.ph and x0 + small.pw <= big.pw
+                and bool((dy == y0).all()) and bool((dx == x0).all())):
+            big.data[..., y0:y0 + small.ph, x0:x0 + small.pw] += small.data
+            return big
     dev = P.data.device
     oy, ox = torch.minimum(P.oy, Q.oy), torch.minimum(P.ox, Q.ox)
     ph = int(torch.maximum(P.oy + P.ph, Q.oy + Q.ph).sub(oy).max())

@@ -159,6 +159,10 @@ class ActivationRule(OpRule):
     #: relaxation lines of the same monotonicity: CROWN then cannot tighten the output of a
     #: well-bounded input (``bounds/crown.py``, ``_crown_adds_nothing``)
     monotone: ClassVar[bool] = False
+    #: constant for every input <= 0, with exact constant lines wherever the upper bound is
+    #: <= 0, whatever the lower bound (ReLU): an input element whose upper bound is <= 0
+    #: needs no lower bound (``bounds/crown.py`` computes upper bounds first)
+    constant_below_zero: ClassVar[bool] = False
 
     def interval(self, node: Node, x: Interval, *consts) -> Interval:
         """Default for monotone non-decreasing functions."""

@@ -16,6 +16,7 @@ from perturbkit.ops.base import ActivationRule, Line, Relaxation
 class Relu(ActivationRule):
     op_type = "Relu"
     monotone = True
+    constant_below_zero = True
 
     def _alpha(self, node: Node) -> float:
         return 0.0
@@ -84,6 +85,7 @@ class Relu(ActivationRule):
 class LeakyRelu(Relu):
     op_type = "LeakyRelu"
     monotone = False  # (a negative slope is allowed)
+    constant_below_zero = False
 
     def _alpha(self, node: Node) -> float:
         return float(node.attrs.get("alpha", 0.01))
