@@ -254,12 +254,10 @@ SPARSE_NETS = {
 
 @pytest.mark.parametrize("name", sorted(SPARSE_NETS))
 def test_sparse_relaxation_equals_dense(name, monkeypatch):
-    """Relaxation lines applied only at the patch entries where lower and upper lines differ
-    (patches._MapLines with an index) give the bounds of the dense form and of the dense
-    backward pass, on a batch of two inputs (lines differing in one entry only), with and
-    without intercepts."""
-    from perturbkit.bounds import patches
-
+    """Relaxation lines applied only at the coefficients on elements where lower and upper
+    lines differ (engine.ElementLines with an index), in patch mode and in the dense
+    backward pass, give the bounds of the dense form, on a batch of two inputs (lines
+    differing in one entry only), with and without intercepts."""
     torch.manual_seed(sum(map(ord, name)))
     body = SPARSE_NETS[name]()
     x0 = torch.zeros(1, 2, 10, 10)
@@ -268,19 +266,20 @@ def test_sparse_relaxation_equals_dense(name, monkeypatch):
     x = torch.rand(2, 2, 10, 10, dtype=torch.float64) * 2 - 1
     s = pk.sets.LpBall(x, 0.1)
     made = []
-    orig = patches._MapLines
-    monkeypatch.setattr(patches, "_MapLines", lambda *a, **k: made.append(k.get("idx") is not None) or orig(*a, **k))
+    orig = engine.ElementLines
+    monkeypatch.setattr(engine, "ElementLines", lambda *a, **k: made.append(k.get("idx") is not None) or orig(*a, **k))
     got = {}
-    for share in (1.0, 0.0):
-        made.clear()
-        monkeypatch.setattr(patches, "_SPARSE_SHARE", share)
-        got[share] = _bounds(net, s, True, monkeypatch)
-        assert made, "no relaxation was applied in patch mode"
-        if share == 1.0:
-            assert all(made), "a relaxation was applied densely"
-        elif name == "sigmoid_chain":
-            assert not any(made[:1]), "the sigmoid's lines (different everywhere) were applied sparsely"
-    ref = _bounds(net, s, False, monkeypatch)
+    for patch_mode in (True, False):
+        for share in (1.0, 0.0):
+            made.clear()
+            monkeypatch.setattr(engine, "SPARSE_SHARE", share)
+            got[patch_mode, share] = _bounds(net, s, patch_mode, monkeypatch)
+            assert made, "no relaxation was applied"
+            if share == 1.0:
+                assert all(made), "a relaxation was applied densely"
+            elif name == "sigmoid_chain":
+                assert not any(made[:1]), "the sigmoid's lines (different everywhere) were applied sparsely"
+    ref = got[False, 0.0]
     for b in got.values():
         torch.testing.assert_close(b.lower, ref.lower, rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(b.upper, ref.upper, rtol=1e-9, atol=1e-9)

@@ -352,6 +352,87 @@ def _cached_line_diffs(ctx: Context, node: Node, rel: Relaxation, zl: bool, zu: 
     return d
 
 
+#: a relaxation is applied sparsely (:class:`ElementLines` with an index) where at most this
+#: share of a value's elements have lower and upper lines that differ (ReLU: the unstable
+#: elements); elsewhere one product with the upper slopes is all there is to do
+SPARSE_SHARE = 0.1
+
+
+@dataclass
+class ElementLines:
+    """An elementwise relaxation ``sl x + il <= f(x) <= su x + iu`` on a value, flat.
+
+    ``su`` is the upper slope (B, n).  Where the lines differ only at few elements (``idx``
+    not None: the flat indices, sorted, of the elements whose slopes or intercepts are not
+    those of ``su x``), the differences are kept there only: ``d`` = ``sl - su``, ``e`` =
+    ``il - iu``, ``i`` = ``iu`` (B, nu) each (``e``, ``i``: None when zero).  Otherwise
+    ``maps`` holds them over all elements (B, n): ``sl - su``, then ``il - iu`` and ``iu``
+    when there are intercepts (``has_iu``: whether ``iu`` is not zero)."""
+
+    su: Tensor
+    idx: Optional[Tensor] = None
+    d: Optional[Tensor] = None
+    e: Optional[Tensor] = None
+    i: Optional[Tensor] = None
+    maps: Optional[list] = None
+    has_iu: bool = False
+
+
+def element_lines(ctx: Context, node: Node) -> ElementLines:
+    """The relaxation of activation ``node`` for its current input bounds as
+    :class:`ElementLines`, cached with the relaxation (``ctx.line_diffs``, which alpha-CROWN
+    clears when the lines change)."""
+    key = ("element lines", node.name)
+    got = ctx.line_diffs.get(key)
+    if got is not None:
+        return got
+    rel = relaxation_of(ctx, node)
+    shape = ctx.intervals[node.inputs[0]].lo.shape  # (B, *shape)
+    B, n = shape[0], math.prod(shape[1:])
+
+    def full(t: Tensor) -> Tensor:
+        return t.expand(shape).reshape(B, n)
+
+    su, sl = full(rel.upper.slope), full(rel.lower.slope)
+    il = full(rel.lower.intercept) if bool(rel.lower.intercept.any()) else None
+    iu = full(rel.upper.intercept) if bool(rel.upper.intercept.any()) else None
+    d = sl - su
+    e = None if il is None and iu is None else (il if il is not None else 0.0) - (iu if iu is not None else 0.0)
+    differs = d != 0
+    if e is not None:
+        differs |= e != 0
+    if iu is not None:
+        differs |= iu != 0
+    differs = differs.any(0)
+    if int(differs.sum()) <= SPARSE_SHARE * n:
+        idx = differs.nonzero().squeeze(1)
+        take = lambda t: None if t is None else t[:, idx]  # noqa: E731
+        lines = ElementLines(su, idx=idx, d=take(d), e=take(e), i=take(iu), has_iu=iu is not None)
+    else:
+        maps = [d] + ([] if e is None else [e]) + ([] if iu is None else [iu])
+        lines = ElementLines(su, maps=maps, has_iu=iu is not None)
+    ctx.line_diffs[key] = lines
+    return lines
+
+
+def _through_sparse_lines(A: Tensor, lines: ElementLines, B: int, S: int) -> tuple[Tensor, Tensor]:
+    """Dense coefficients ``A`` (B, S, *shape) through a relaxation whose lines differ at
+    few elements (``lines.idx``) -> (``A+ sl + A- su``, the bias ``<A+, il> + <A-, iu>``
+    (B, S)): ``A su`` everywhere, the difference terms at those elements only."""
+    n = lines.su.shape[1]
+    sel = A.reshape(B, S, n)[:, :, lines.idx]  # (B, S, nu)
+    pos = sel.clamp(min=0)
+    new = A * lines.su.reshape(lines.su.shape[0], 1, *A.shape[2:])
+    flat = new.view(new.shape[0], S, n)
+    flat[:, :, lines.idx] += pos * lines.d.unsqueeze(1)
+    bias = A.new_zeros(())
+    if lines.e is not None:
+        bias = bias + (pos * lines.e.unsqueeze(1)).sum(-1)
+    if lines.i is not None:
+        bias = bias + (sel * lines.i.unsqueeze(1)).sum(-1)
+    return new, bias
+
+
 def _line_tensor(t: Tensor, like: Tensor) -> Tensor:
     """Relaxation tensor (B, *shape) or broadcastable -> (B, 1, *shape) for coefficient algebra."""
     if t.dim() == like.dim():
@@ -416,6 +497,12 @@ def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = No
                 zu = rel.upper.intercept.dim() == 0 and not bool(rel.upper.intercept)
             else:
                 rel, zl, zu = _relaxation_parts(ctx, node)
+                lines = element_lines(ctx, node)
+                if lines.idx is not None:  # (few elements where the lines differ)
+                    new, b = _through_sparse_lines(A, lines, B, S)
+                    bias = bias + b
+                    _add(store, node.inputs[0], new)
+                    continue
             # <A+, lower> + <A-, upper> = <A, upper> + <A+, lower - upper>: the differences
             # are of the relaxation's size, A's size passes are one clamp, one product, one
             # multiply-add (few temporaries: large short-lived allocations cost page faults)

@@ -32,8 +32,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from perturbkit.bounds.engine import Context, backward, relaxation_of
+from perturbkit.bounds.engine import Context, ElementLines, backward, element_lines, relaxation_of
 from perturbkit.bounds.precision import relax as precise_relax
+from perturbkit.ops.pool import spread_tiles
 from perturbkit.ops.registry import rule_for
 
 Tensor = torch.Tensor
@@ -379,7 +380,7 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
                                                    P.C, P.H, P.W), inplace)
             continue
         if step == "activation":
-            new, b = _through_lines(P, _map_lines(ctx, node, (B, P.C, P.H, P.W)), inplace)
+            new, b = _through_lines(P, element_lines(ctx, node), inplace)
             bias = bias + b
             _push(pending, node.inputs[0], Patches(new, P.oy, P.ox, P.C, P.H, P.W), inplace)
             continue
@@ -431,81 +432,21 @@ def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
     return bias.expand(B, *bias.shape[1:])
 
 
-#: a relaxation is applied sparsely (:class:`_MapLines`) where at most this share of the map's
-#: elements have lower and upper lines that differ (ReLU: the unstable elements)
-_SPARSE_SHARE = 0.1
-
-
-@dataclass
-class _MapLines:
-    """An elementwise relaxation ``sl x + il <= f(x) <= su x + iu`` on a map, for patches.
-
-    ``su`` is the upper slope (B, C, H, W).  Where the lines differ only at few elements
-    (``idx`` not None: the flat map indices, sorted, of the elements whose slopes or
-    intercepts are not those of ``su x``), the differences are kept there only: ``d`` =
-    ``sl - su``, ``e`` = ``il - iu``, ``i`` = ``iu`` (B, nu) each.  Otherwise ``maps`` holds
-    them as maps (B, C, H, W): ``sl - su``, then ``il - iu`` and ``iu`` when there are
-    intercepts (None: ``i`` is zero)."""
-
-    su: Tensor
-    idx: Optional[Tensor] = None
-    d: Optional[Tensor] = None
-    e: Optional[Tensor] = None
-    i: Optional[Tensor] = None
-    maps: Optional[list] = None
-    has_iu: bool = False
-
-
-def _map_lines(ctx: Context, node, shp: tuple[int, int, int, int]) -> _MapLines:
-    """The relaxation of activation ``node`` on its map (B, C, H, W), cached with the
-    relaxation (``ctx.line_diffs``, which alpha-CROWN clears when the lines change)."""
-    key = ("patch lines", node.name)
-    got = ctx.line_diffs.get(key)
-    if got is not None:
-        return got
-    rel = relaxation_of(ctx, node)
-    B = shp[0]
-
-    def full(t: Tensor) -> Tensor:
-        return t.expand(B, 1, *shp[1:]).reshape(shp)
-
-    su, sl = full(rel.upper.slope), full(rel.lower.slope)
-    il = full(rel.lower.intercept) if bool(rel.lower.intercept.any()) else None
-    iu = full(rel.upper.intercept) if bool(rel.upper.intercept.any()) else None
-    d = sl - su
-    e = None if il is None and iu is None else (il if il is not None else 0.0) - (iu if iu is not None else 0.0)
-    differs = d != 0
-    if e is not None:
-        differs |= e != 0
-    if iu is not None:
-        differs |= iu != 0
-    differs = differs.reshape(B, -1).any(0)
-    n = differs.numel()
-    if int(differs.sum()) <= _SPARSE_SHARE * n:
-        idx = differs.nonzero().squeeze(1)
-        take = lambda t: None if t is None else t.reshape(B, n)[:, idx]  # noqa: E731
-        lines = _MapLines(su, idx=idx, d=take(d), e=take(e), i=take(iu), has_iu=iu is not None)
-    else:
-        maps = [d] + ([] if e is None else [e]) + ([] if iu is None else [iu])
-        lines = _MapLines(su, maps=maps, has_iu=iu is not None)
-    ctx.line_diffs[key] = lines
-    return lines
-
-
-def _through_lines(P: Patches, lines: _MapLines, inplace: bool) -> tuple[Tensor, Tensor]:
+def _through_lines(P: Patches, lines: ElementLines, inplace: bool) -> tuple[Tensor, Tensor]:
     """Patch coefficients ``A`` through an elementwise relaxation -> (``A+ sl + A- su``, the
     bias ``<A+, il> + <A-, iu>`` (B, G, R)).
 
     Written as ``A su + A+ (sl - su)`` and ``<A, iu> + <A+, il - iu>``: one product with the
     gathered upper slopes, then the difference terms, which are zero where the two lines
     agree (ReLU: every stable element), at only the patch entries that lie on an element
-    where they differ (:class:`_MapLines`), or densely from gathered maps.  ``A`` is
-    updated in place when ``inplace`` and it is not shared."""
+    where they differ (:class:`perturbkit.bounds.engine.ElementLines`), or densely from
+    gathered maps.  ``A`` is updated in place when ``inplace`` and it is not shared."""
     B = lines.su.shape[0]
     Bp, G, R = P.data.shape[:3]
     own = inplace and not P.shared and Bp >= B
+    shp = (B, P.C, P.H, P.W)
     if lines.idx is None:
-        g = P.gather(torch.cat([lines.su] + lines.maps, 1)).split(P.C, dim=3)
+        g = P.gather(torch.cat([t.reshape(shp) for t in [lines.su] + lines.maps], 1)).split(P.C, dim=3)
         Ap = P.data.clamp(min=0)
         bias = P.data.new_zeros(())
         if len(g) > 2:  # <A+, il - iu> (+ <A, iu>)
@@ -526,7 +467,8 @@ def _through_lines(P: Patches, lines: _MapLines, inplace: bool) -> tuple[Tensor,
     A = P.data.reshape(Bp, G, R, -1).permute(1, 3, 0, 2)  # (G, L, B', R) view
     sel = A[gi, off]  # (np, B', R): the entries where the lines differ
     pos = sel.clamp(min=0)
-    new = P.data.mul_(P.gather(lines.su)) if own else P.data * P.gather(lines.su)
+    su = P.gather(lines.su.reshape(shp))
+    new = P.data.mul_(su) if own else P.data * su
     Bn = new.shape[0]
     col = lambda t: t[:, ui].t().unsqueeze(-1)  # noqa: E731  (B, nu) -> (np, B, 1)
     new.reshape(Bn, G, R, -1).permute(1, 3, 0, 2).index_put_((gi, off), pos * col(lines.d), accumulate=True)
@@ -622,8 +564,11 @@ def _avgpool_back(node, P: Patches, pool: dict, inplace: bool) -> Patches:
     Bp, G, R, C, ph, pw = P.data.shape
     kh, kw = pool["kernel"]
     ph2, pw2, oy2, ox2 = _grown(P, pool)
-    w = P.data.new_full((C, 1, kh, kw), 1.0 / (kh * kw))
-    x = F.conv_transpose2d(P.data.reshape(Bp * G * R, C, ph, pw), w, stride=pool["strides"], groups=C)
+    if list(pool["strides"]) == [kh, kw] and list(pool["dilations"]) == [1, 1]:  # windows tile the input
+        x = spread_tiles(P.data * (1.0 / (kh * kw)), (kh, kw), (ph2, pw2))
+    else:
+        w = P.data.new_full((C, 1, kh, kw), 1.0 / (kh * kw))
+        x = F.conv_transpose2d(P.data.reshape(Bp * G * R, C, ph, pw), w, stride=pool["strides"], groups=C)
     Ci, Hi, Wi = _map_shape(node.in_shapes[0])
     out = Patches(x.reshape(Bp, G, R, C, ph2, pw2), oy2, ox2, Ci, Hi, Wi)
     valid = out.valid().to(out.data.dtype)

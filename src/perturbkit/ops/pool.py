@@ -20,7 +20,9 @@ largest ``lo`` (padding excluded), ``y >= x[j*]`` always, and ``y == x[j*]`` whe
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+from typing import Sequence
 
 import torch
 
@@ -56,6 +58,29 @@ def _window_table(in_sp: Shape, kernel: Shape, strides: Shape, dil: Shape, pb: S
     n_out, K = math.prod(out_sp), math.prod(kernel)
     flat = torch.where(valid, flat, torch.full_like(flat, -1)).reshape(n_out, K)
     return flat, padded.expand(*out_sp, *kernel).reshape(n_out, K).clone()
+
+
+def spread_tiles(A: Tensor, kernel: Sequence[int], in_sp: Sequence[int]) -> Tensor:
+    """Transpose of summing non-overlapping windows (stride = kernel, no padding, no
+    dilation): every entry of ``A`` (..., *out_spatial) copied to each element of the window
+    it sums -> (..., *in_spatial); elements no window covers (the ends that floor division
+    leaves) get 0.  Strided copies, one per window offset: much cheaper than a scatter."""
+    nd = len(kernel)
+    out_sp = tuple(A.shape[-nd:])
+    shape = (*A.shape[:-nd], *in_sp)
+    covered = all(o * k == n for o, k, n in zip(out_sp, kernel, in_sp))
+    out = A.new_empty(shape) if covered else A.new_zeros(shape)
+    for offs in itertools.product(*(range(k) for k in kernel)):
+        out[(Ellipsis, *(slice(f, f + o * k, k) for f, o, k in zip(offs, out_sp, kernel)))] = A
+    return out
+
+
+def tiles(kernel: Sequence[int], strides: Sequence[int], dil: Sequence[int], pads: Sequence[int],
+          in_sp: Sequence[int], out_sp: Sequence[int]) -> bool:
+    """Whether a pooling's windows tile its input without overlap: stride = kernel, no
+    dilation, no padding, and every window inside the input (also with ``ceil_mode``)."""
+    return (tuple(strides) == tuple(kernel) and all(d == 1 for d in dil) and not any(pads)
+            and all(o * k <= n for o, k, n in zip(out_sp, kernel, in_sp)))
 
 
 class _Pool:
@@ -124,8 +149,14 @@ class AveragePool(_Pool, AffineRule):
     def backward(self, node: Node, A: Tensor, x):
         in_shape = node.in_shapes[0]
         in_sp, out_sp, idx, padded = self.geometry(node)
-        idx, padded = idx.to(A.device), padded.to(A.device)
         k = n_lead(A, node.out_shape)
+        kernel = tuple(int_list(node.attrs["kernel_shape"]))
+        nd = len(kernel)
+        strides = tuple(int_list(node.attrs.get("strides", [1] * nd)))
+        dil = tuple(int_list(node.attrs.get("dilations", [1] * nd)))
+        if tiles(kernel, strides, dil, conv_pads(node, in_sp, kernel), in_sp, out_sp):
+            return [spread_tiles(A * (1.0 / math.prod(kernel)), kernel, in_sp)]
+        idx, padded = idx.to(A.device), padded.to(A.device)
         rows = A.reshape(-1, math.prod(out_sp), 1) / self._count(node, idx, padded, A.dtype).unsqueeze(-1)
         src = rows.expand(-1, *idx.shape).reshape(rows.shape[0], -1)
         n_in = math.prod(in_sp)
