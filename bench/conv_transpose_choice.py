@@ -5,7 +5,7 @@
 (Co*ph*pw, Ci*ph2*pw2) matrix, most of whose entries are zero for large patches.  This bench
 times both, one thread, for input channels Ci, output channels Co, patch sizes and strides,
 and prints the waste ratio (matrix entries / convolution multiply-adds per patch) with the
-winner; the limit in ``_local_transpose`` (40 / Ci, between 4 and 50, doubled for strides)
+winner; the limit in ``_local_transpose`` (26 / Ci, between 4 and 50, doubled for strides)
 follows these numbers.
 
     OMP_NUM_THREADS=1 python bench/conv_transpose_choice.py

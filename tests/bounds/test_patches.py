@@ -108,7 +108,31 @@ POOLS = [
     lambda: nn.AvgPool2d(2),
     lambda: nn.AvgPool2d(3, stride=2),
     lambda: nn.AvgPool2d(3, stride=1, padding=1),  # padded: hands over to the dense pass
+    lambda: nn.MaxPool2d(3),
+    lambda: nn.MaxPool2d((2, 3)),
 ]
+
+
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(2), nn.MaxPool2d((3, 2)), nn.AvgPool2d(2), nn.AvgPool2d((2, 3))])
+def test_tiling_pools_with_rows_left_over(pool, monkeypatch):
+    """Pooling windows that tile the input (stride = kernel) but leave its last rows and
+    columns out (11 x 11 maps): patch mode gives the dense pass's bounds, which hold on
+    sampled inputs."""
+    torch.manual_seed(5)
+    m = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), pool, nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten())
+    x0 = torch.zeros(1, 2, 13, 13)
+    m = nn.Sequential(*m, nn.Linear(m(x0).numel(), 3)).eval()
+    net = to_network(m, x0)
+    x = torch.rand(2, 2, 13, 13, dtype=torch.float64)
+    s = pk.sets.LpBall(x, 0.1)
+    a = _bounds(net, s, True, monkeypatch)
+    b = _bounds(net, s, False, monkeypatch)
+    torch.testing.assert_close(a.lower, b.lower, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(a.upper, b.upper, rtol=1e-9, atol=1e-9)
+    md = __import__("copy").deepcopy(m).double()
+    xs = (x.unsqueeze(1) + (torch.rand(2, 256, 2, 13, 13, dtype=torch.float64) * 2 - 1) * 0.1).reshape(-1, 2, 13, 13)
+    y = md(xs).reshape(2, 256, 3)
+    assert bool((y >= a.lower.unsqueeze(1) - 1e-9).all() and (y <= a.upper.unsqueeze(1) + 1e-9).all())
 
 
 @pytest.mark.parametrize("k", range(len(POOLS)))

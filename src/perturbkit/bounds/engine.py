@@ -260,6 +260,7 @@ def _linear_bounds(ctx: Context, name: str, idx: Tensor, sides: tuple[str, ...],
 
     n = math.prod(shape)
     chunk = max(1, rows // len(sides))
+    chunk = -(-idx.numel() // max(1, -(-idx.numel() // chunk)))  # as many passes, of equal sizes
     if local:  # patch mode computes the channels of a position together: chunks of positions
         hw = math.prod(shape[-2:])  # asking for about as many channels each, then by position
         count = torch.bincount(idx % hw, minlength=hw)

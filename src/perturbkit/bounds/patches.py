@@ -624,7 +624,7 @@ def _local_transpose(ctx: Context, key: str, P: Tensor, Wt: Tensor, geo: dict) -
     # patches: worth it while the waste is below what the convolution routine loses on few
     # input channels and on strides (measured, one thread: bench/conv_transpose_choice.py)
     work = Co * Wt.shape[1] * Wt.shape[-2] * Wt.shape[-1] * ph * pw
-    limit = min(50.0, max(4.0, 40.0 / Ci)) * (2.0 if max(geo["strides"]) > 1 else 1.0)
+    limit = min(50.0, max(4.0, 26.0 / Ci)) * (2.0 if max(geo["strides"]) > 1 else 1.0)
     if m * Ci * ph2 * pw2 > min(_MAX_LOCAL_MATRIX, limit * work) or 4 * N < m:
         return F.conv_transpose2d(P, Wt, stride=geo["strides"], dilation=geo["dilations"], groups=geo["groups"])
     mkey = (key, ph, pw, P.dtype, P.device)

@@ -20,7 +20,6 @@ largest ``lo`` (padding excluded), ``y >= x[j*]`` always, and ``y == x[j*]`` whe
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from typing import Sequence
 
@@ -60,18 +59,30 @@ def _window_table(in_sp: Shape, kernel: Shape, strides: Shape, dil: Shape, pb: S
     return flat, padded.expand(*out_sp, *kernel).reshape(n_out, K).clone()
 
 
+@functools.lru_cache(maxsize=256)
+def _tile_index(out_sp: Shape, kernel: Shape, in_sp: Shape) -> Tensor:
+    """For every flat input position, the flat index of the window holding it (the last
+    window for positions that no window covers; :func:`spread_tiles` zeroes those)."""
+    flat = torch.zeros((), dtype=torch.int64)
+    for i, (o, k, n) in enumerate(zip(out_sp, kernel, in_sp)):
+        w = (torch.arange(n) // k).clamp(max=o - 1)
+        flat = flat.unsqueeze(-1) * o + w
+    return flat.reshape(-1)
+
+
 def spread_tiles(A: Tensor, kernel: Sequence[int], in_sp: Sequence[int]) -> Tensor:
     """Transpose of summing non-overlapping windows (stride = kernel, no padding, no
     dilation): every entry of ``A`` (..., *out_spatial) copied to each element of the window
     it sums -> (..., *in_spatial); elements no window covers (the ends that floor division
-    leaves) get 0.  Strided copies, one per window offset: much cheaper than a scatter."""
+    leaves) get 0.  One indexed copy along the flattened spatial axes (much cheaper than a
+    scatter, or than strided copies of small maps)."""
     nd = len(kernel)
     out_sp = tuple(A.shape[-nd:])
-    shape = (*A.shape[:-nd], *in_sp)
-    covered = all(o * k == n for o, k, n in zip(out_sp, kernel, in_sp))
-    out = A.new_empty(shape) if covered else A.new_zeros(shape)
-    for offs in itertools.product(*(range(k) for k in kernel)):
-        out[(Ellipsis, *(slice(f, f + o * k, k) for f, o, k in zip(offs, out_sp, kernel)))] = A
+    idx = _tile_index(out_sp, tuple(kernel), tuple(in_sp)).to(A.device)
+    out = A.reshape(-1, math.prod(out_sp)).index_select(1, idx).reshape(*A.shape[:-nd], *in_sp)
+    for i, (o, k, n) in enumerate(zip(out_sp, kernel, in_sp)):
+        if o * k < n:
+            out.narrow(out.dim() - nd + i, o * k, n - o * k).zero_()
     return out
 
 
