@@ -365,3 +365,18 @@ def test_upper_bounds_first_before_relu(patch_mode, monkeypatch):
         for v, a in itv_a.items():
             y = vals[v].reshape(200, -1)
             assert (y >= a.lo[i].reshape(1, -1) - 1e-6).all() and (y <= a.hi[i].reshape(1, -1) + 1e-6).all(), v
+
+
+@pytest.mark.parametrize("Ci,k,stride,dil,ph", [(3, 3, 1, 1, 14), (2, 3, 2, 1, 12), (3, 2, 1, 2, 13), (4, 1, 2, 1, 5),
+                                                (6, 1, 1, 1, 4), (3, 3, 1, 1, 4), (8, 3, 2, 1, 6)])
+def test_conv_transpose_paths_equal_the_routine(Ci, k, stride, dil, ph):
+    """patches._conv_transpose (a matrix product for 1x1 kernels, else the convolution
+    routine) equals conv_transpose2d."""
+    from perturbkit.bounds import patches
+
+    torch.manual_seed(Ci * 100 + ph)
+    P = torch.randn(5, 7, ph, ph + 1, dtype=torch.float64)
+    W = torch.randn(7, Ci, k, k, dtype=torch.float64)
+    geo = {"strides": [stride, stride], "dilations": [dil, dil], "groups": 1}
+    ref = torch.nn.functional.conv_transpose2d(P, W, stride=stride, dilation=dil)
+    torch.testing.assert_close(patches._conv_transpose(P, W, geo), ref, rtol=1e-12, atol=1e-12)

@@ -610,6 +610,23 @@ def _maxpool_back(ctx: Context, node, P: Patches, bias: Tensor, pool: dict) -> t
 _MAX_LOCAL_MATRIX = 2**24  # entries of a precomputed local transpose matrix
 
 
+def _conv_transpose(P: Tensor, Wt: Tensor, geo: dict) -> Tensor:
+    """``conv_transpose2d`` of patches (N, Co, ph, pw) -> (N, Ci, ph', pw'), by the
+    convolution routine except for a 1x1 kernel: a matrix product, placed on the stride's
+    grid (the routine is several times slower there on CPU, with a stride most of all)."""
+    N, Co, ph, pw = P.shape
+    (sh, sw), groups = geo["strides"], geo["groups"]
+    Ci = Wt.shape[1]
+    if groups == 1 and tuple(Wt.shape[-2:]) == (1, 1):
+        Y = torch.matmul(Wt.reshape(Co, Ci).t(), P.reshape(N, Co, ph * pw)).view(N, Ci, ph, pw)
+        if (sh, sw) == (1, 1):
+            return Y
+        out = P.new_zeros(N, Ci, (ph - 1) * sh + 1, (pw - 1) * sw + 1)
+        out[:, :, ::sh, ::sw] = Y
+        return out
+    return F.conv_transpose2d(P, Wt, stride=geo["strides"], dilation=geo["dilations"], groups=groups)
+
+
 def _local_transpose(ctx: Context, key: str, P: Tensor, Wt: Tensor, geo: dict) -> Tensor:
     """Transposed convolution of a batch of small patches (N, Co, ph, pw) -> (N, Ci, ph', pw').
 
@@ -626,7 +643,7 @@ def _local_transpose(ctx: Context, key: str, P: Tensor, Wt: Tensor, geo: dict) -
     work = Co * Wt.shape[1] * Wt.shape[-2] * Wt.shape[-1] * ph * pw
     limit = min(50.0, max(4.0, 26.0 / Ci)) * (2.0 if max(geo["strides"]) > 1 else 1.0)
     if m * Ci * ph2 * pw2 > min(_MAX_LOCAL_MATRIX, limit * work) or 4 * N < m:
-        return F.conv_transpose2d(P, Wt, stride=geo["strides"], dilation=geo["dilations"], groups=geo["groups"])
+        return _conv_transpose(P, Wt, geo)
     mkey = (key, ph, pw, P.dtype, P.device)
     cache = ctx.net.derived  # depends on the weights only: kept across calls
     M = cache.get(mkey)
