@@ -276,19 +276,23 @@ SPARSE_NETS = {
 }
 
 
+def _sparse_case(name: str, seed: int, eps: float):
+    """A SPARSE_NETS body with a linear head, an Linf ball around a batch of two inputs, the inputs."""
+    torch.manual_seed(seed)
+    body = SPARSE_NETS[name]()
+    x0 = torch.zeros(1, 2, 10, 10)
+    m = nn.Sequential(body, nn.Flatten(), nn.Linear(body.eval()(x0).numel(), 3)).eval()
+    x = torch.rand(2, 2, 10, 10, dtype=torch.float64) * 2 - 1
+    return to_network(m, x0), pk.sets.LpBall(x, eps), x
+
+
 @pytest.mark.parametrize("name", sorted(SPARSE_NETS))
 def test_sparse_relaxation_equals_dense(name, monkeypatch):
     """Relaxation lines applied only at the coefficients on elements where lower and upper
     lines differ (engine.ElementLines with an index), in patch mode and in the dense
     backward pass, give the bounds of the dense form, on a batch of two inputs (lines
     differing in one entry only), with and without intercepts."""
-    torch.manual_seed(sum(map(ord, name)))
-    body = SPARSE_NETS[name]()
-    x0 = torch.zeros(1, 2, 10, 10)
-    m = nn.Sequential(body, nn.Flatten(), nn.Linear(body.eval()(x0).numel(), 3)).eval()
-    net = to_network(m, x0)
-    x = torch.rand(2, 2, 10, 10, dtype=torch.float64) * 2 - 1
-    s = pk.sets.LpBall(x, 0.1)
+    net, s, _ = _sparse_case(name, sum(map(ord, name)), 0.1)
     made = []
     orig = engine.ElementLines
     monkeypatch.setattr(engine, "ElementLines", lambda *a, **k: made.append(k.get("idx") is not None) or orig(*a, **k))
@@ -321,13 +325,7 @@ def test_upper_bounds_first_before_relu(patch_mode, monkeypatch):
     from perturbkit.bounds.engine import make_context
 
     crown_mod = importlib.import_module("perturbkit.bounds.crown")
-    torch.manual_seed(3)
-    body = SPARSE_NETS["residual"]()
-    x0 = torch.zeros(1, 2, 10, 10)
-    m = nn.Sequential(body, nn.Flatten(), nn.Linear(body.eval()(x0).numel(), 3)).eval()
-    net = to_network(m, x0)
-    x = torch.rand(2, 2, 10, 10, dtype=torch.float64) * 2 - 1
-    s = pk.sets.LpBall(x, 0.05)
+    net, s, x = _sparse_case("residual", 3, 0.05)
     firsts = []
     orig = engine.tighten
 
