@@ -498,13 +498,13 @@ def backward(ctx: Context, start: str, A: Tensor, *, bias: Optional[Tensor] = No
                 zl = rel.lower.intercept.dim() == 0 and not bool(rel.lower.intercept)
                 zu = rel.upper.intercept.dim() == 0 and not bool(rel.upper.intercept)
             else:
-                rel, zl, zu = _relaxation_parts(ctx, node)
                 lines = element_lines(ctx, node)
                 if lines.idx is not None:  # (few elements where the lines differ)
                     new, b = _through_sparse_lines(A, lines, B, S)
                     bias = bias + b
                     _add(store, node.inputs[0], new)
                     continue
+                rel, zl, zu = _relaxation_parts(ctx, node)
             # <A+, lower> + <A-, upper> = <A, upper> + <A+, lower - upper>: the differences
             # are of the relaxation's size, A's size passes are one clamp, one product, one
             # multiply-add (few temporaries: large short-lived allocations cost page faults)

@@ -97,7 +97,8 @@ def tiles(kernel: Sequence[int], strides: Sequence[int], dil: Sequence[int], pad
 class _Pool:
     """Geometry shared by AveragePool and MaxPool."""
 
-    def geometry(self, node: Node):
+    def attributes(self, node: Node) -> tuple[Shape, Shape, Shape, Shape, tuple[int, ...]]:
+        """``(in_spatial, kernel, strides, dilations, pads)`` (pads: begins, then ends)."""
         in_shape = node.in_shapes[0]
         kernel = tuple(int_list(node.attrs["kernel_shape"]))
         nd = len(kernel)
@@ -108,7 +109,11 @@ class _Pool:
         in_sp = tuple(in_shape[2:])
         strides = tuple(int_list(node.attrs.get("strides", [1] * nd)))
         dil = tuple(int_list(node.attrs.get("dilations", [1] * nd)))
-        pads = conv_pads(node, in_sp, kernel)
+        return in_sp, kernel, strides, dil, tuple(conv_pads(node, in_sp, kernel))
+
+    def geometry(self, node: Node):
+        in_sp, kernel, strides, dil, pads = self.attributes(node)
+        nd = len(kernel)
         pb, pe = tuple(pads[:nd]), tuple(pads[nd:])
         ceil = bool(int(node.attrs.get("ceil_mode", 0)))
         out_sp = []
@@ -161,11 +166,8 @@ class AveragePool(_Pool, AffineRule):
         in_shape = node.in_shapes[0]
         in_sp, out_sp, idx, padded = self.geometry(node)
         k = n_lead(A, node.out_shape)
-        kernel = tuple(int_list(node.attrs["kernel_shape"]))
-        nd = len(kernel)
-        strides = tuple(int_list(node.attrs.get("strides", [1] * nd)))
-        dil = tuple(int_list(node.attrs.get("dilations", [1] * nd)))
-        if tiles(kernel, strides, dil, conv_pads(node, in_sp, kernel), in_sp, out_sp):
+        _, kernel, strides, dil, pads = self.attributes(node)
+        if tiles(kernel, strides, dil, pads, in_sp, out_sp):
             return [spread_tiles(A * (1.0 / math.prod(kernel)), kernel, in_sp)]
         idx, padded = idx.to(A.device), padded.to(A.device)
         rows = A.reshape(-1, math.prod(out_sp), 1) / self._count(node, idx, padded, A.dtype).unsqueeze(-1)
