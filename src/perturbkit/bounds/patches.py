@@ -265,11 +265,13 @@ def lower_upper(ctx: Context, name: str, idx: Tensor, alphas: Optional[dict[str,
     Add) output ``v`` -> a (B, K) tensor for each of ``sides`` ('lower', 'upper'; CROWN
     only: alpha-CROWN computes both).
 
-    Layout: one group per position, its rows the channels asked for there (``R = 2 R'``, the
-    lower and the upper bound of each), so the relaxation lines and the input set are
-    gathered once per position; positions with fewer channels repeat one of them (the
-    caller, :func:`perturbkit.bounds.engine.tighten`, orders the elements so that a chunk's
-    positions ask for about as many channels each).  The bounds do not depend on the layout.
+    Layout: groups of ``R'`` channels asked for at one position (``R = m R'`` rows, the
+    ``m`` sides of each), so the relaxation lines and the input set are gathered once per
+    group; a position asking for more channels spans several groups, and the last group of
+    a position repeats one of its channels (:func:`_group_size` picks ``R'`` for the fewest
+    rows plus a cost per group; the caller, :func:`perturbkit.bounds.engine.tighten`, orders
+    the elements so that a chunk's positions ask for about as many channels each).  The
+    bounds do not depend on the layout.
     alpha-CROWN keeps one group per element (its slopes are per element).
 
     ``alphas`` (alpha-CROWN): activation node name -> free slopes in patch form
@@ -288,9 +290,14 @@ def lower_upper(ctx: Context, name: str, idx: Tensor, alphas: Optional[dict[str,
         first = torch.cumsum(counts, 0) - counts
         rank = torch.empty_like(inv)
         rank[order] = torch.arange(K, device=dev) - first[inv[order]]
-        ch = torch.full((where.numel(), int(counts.max())), -1, dtype=chan.dtype, device=dev)
-        ch[inv, rank] = chan
-        ch = torch.where(ch < 0, ch[:, :1], ch)  # (G, R'): padded with the position's first channel
+        size = _group_size(counts)  # a position's channels in groups of `size` rows
+        per = (counts + size - 1) // size
+        group = (torch.cumsum(per, 0) - per)[inv] + rank // size  # (K,) the group of each element
+        slot = rank % size
+        where = torch.repeat_interleave(where, per)
+        ch = torch.full((where.numel(), size), -1, dtype=chan.dtype, device=dev)
+        ch[group, slot] = chan
+        ch = torch.where(ch < 0, ch[:, :1], ch)  # (G, R'): padded with the group's first channel
     else:
         where, ch = pos, chan.view(K, 1)
     i, j = where // W, where % W
@@ -330,8 +337,23 @@ def lower_upper(ctx: Context, name: str, idx: Tensor, alphas: Optional[dict[str,
     if start != name:
         P.data.mul_(P.valid().to(P.data.dtype))
     r = _walk(ctx, start, P, bias, alphas).reshape(-1, Gn, Rh, m)  # (B, G, R', m)
-    r = r[:, inv, rank] if alphas is None else r[:, :, 0]  # (B, K, m)
+    r = r[:, group, slot] if alphas is None else r[:, :, 0]  # (B, K, m)
     return tuple(sg * r[..., k] for k, sg in enumerate(signs))
+
+
+#: cost of one group (its gathered relaxation lines and input set) in rows of coefficients
+_GROUP_COST = 2.0
+
+
+def _group_size(counts: Tensor) -> int:
+    """Rows per group for positions asking for ``counts`` (P,) channels each: a position
+    spans ``ceil(c / size)`` groups, its last one padded; the size minimises rows plus
+    :data:`_GROUP_COST` per group (one group per position wastes rows where the counts vary)."""
+    top = int(counts.max())
+    sizes = torch.arange(1, top + 1, device=counts.device)
+    groups = ((counts.view(-1, 1) + sizes - 1) // sizes).sum(0)  # (top,)
+    cost = groups * (sizes + _GROUP_COST)
+    return int(torch.argmin(cost)) + 1
 
 
 def _walk(ctx: Context, value: str, P: Patches, bias: Tensor,
