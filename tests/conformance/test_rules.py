@@ -419,6 +419,39 @@ def test_selection_relaxation_sound(case: Case):
     assert torch.equal(R.lower.index, R.upper.index)
 
 
+@pytest.mark.parametrize("case", SELECTION_CASES, ids=ids(SELECTION_CASES))
+def test_selection_unstable_mask_suffices(case: Case):
+    """Bounds outside ``rule.unstable`` do not matter: tightening them (to a sub-interval, or
+    to the point at their upper bound) leaves the relaxation unchanged (slopes, intercepts and
+    chosen elements).  CROWN keeps the interval bounds there (``crown._read_through``).  On a
+    coarse grid of values, so that upper bounds often tie with a window's largest lower bound."""
+    node = case.node()
+    g = gen_for(case, "unstable")
+    shape = case.in_shapes[0]
+    left_out = 0
+    for trial in range(24):
+        c = uniform(g, (2, *shape), -1.0, 1.0)
+        r = uniform(g, (2, *shape), 0.0, 0.6 if trial % 2 else 0.1)
+        lo, hi = c - r, c + r
+        if trial % 3 == 2:  # ties
+            lo, hi = torch.floor(lo * 4) / 4, torch.ceil(hi * 4) / 4
+        m = case.rule.unstable(node, lo, hi)
+        assert m.dtype == torch.bool and m.shape == lo.shape
+        out = ~m
+        left_out += int(out.sum())
+        t = torch.rand(lo.shape, generator=g, dtype=F64)
+        u = torch.rand(lo.shape, generator=g, dtype=F64)
+        a, b = lo + (hi - lo) * torch.minimum(t, u), lo + (hi - lo) * torch.maximum(t, u)
+        R = case.rule.relax(node, lo, hi)
+        for lo2, hi2 in ((torch.where(out, a, lo), torch.where(out, b, hi)), (torch.where(out, hi, lo), hi)):
+            R2 = case.rule.relax(node, lo2, hi2)
+            for l1, l2 in ((R.lower, R2.lower), (R.upper, R2.upper)):
+                assert torch.equal(l1.index, l2.index), f"{case.id}: another element chosen"
+                assert torch.equal(l1.slope, l2.slope) and torch.equal(l1.intercept, l2.intercept), case.id
+    if case.op_type == "MaxPool":
+        assert left_out > 0, f"{case.id}: the mask never leaves an element out"
+
+
 # ---- affine rules --------------------------------------------------------------------------
 @pytest.mark.parametrize("case", AFFINE_CASES, ids=ids(AFFINE_CASES))
 @pytest.mark.parametrize("lead", LEADS, ids=["lead0", "lead1", "lead2"])

@@ -82,6 +82,9 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> dict[str, torch.Tensor]:
                 mask = _not_flat(ctx, whole[node.output], itv)
             else:
                 mask = _unstable_mask(ctx, need[node.output], itv)
+            read = _read_through(ctx, node.output, itv, need)
+            if read is not None:
+                mask = mask & read
             idx = mask.reshape(ctx.batch, -1).any(0).nonzero().squeeze(1)
             if idx.numel():
                 itv = tighten(ctx, node.output, itv, idx, mask=mask,
@@ -93,6 +96,34 @@ def intermediate_bounds(ctx: Context, *, mode: str) -> dict[str, torch.Tensor]:
                 full.add(node.output)  # (the elements left out give a point through f)
         ctx.intervals[node.output] = with_prior(ctx, node.output, itv)
     return tightened
+
+
+def _read_through(ctx: Context, z: str, itv: Interval, need: dict[str, list]) -> torch.Tensor | None:
+    """Elements of ``z`` whose bounds can matter when ``z`` feeds one activation ``y = f(z)``
+    and only selections (MaxPool) read ``y``: coefficients reach ``y`` through those alone, so
+    where no selection can depend on ``y``'s bounds (``rule.unstable`` on the interval
+    ``f([z])``, which tighter bounds of ``z`` only narrow) neither the activation's relaxation
+    nor anything else reads ``z``'s bounds, and they stay interval bounds (the same result).
+    None when ``z`` is not read that way."""
+    g = ctx.graph
+    readers = need.get(z, [])
+    if len(readers) != 1 or ctx.consumer_count.get(z, 0) != 1 or z == g.output_name:
+        return None
+    act = readers[0]
+    rule = rule_for(act, g.source)
+    if rule.kind != "activation" or act.inputs[0] != z or list(act.inputs).count(z) != 1:
+        return None
+    y = act.output
+    pools = need.get(y, [])
+    if (y == g.output_name or not pools or ctx.consumer_count.get(y, 0) != len(pools)
+            or any(rule_for(p, g.source).kind != "selection" or list(p.inputs) != [y] for p in pools)):
+        return None
+    yi = rule.interval(act, itv, *[ctx.consts[i] for i in act.inputs[1:]])
+    read = None
+    for p in pools:
+        m = rule_for(p, g.source).unstable(p, yi.lo, yi.hi)
+        read = m if read is None else read | m
+    return read
 
 
 def _constant_below_zero(ctx: Context, value: str, readers: list) -> bool:

@@ -198,6 +198,8 @@ class SelectionRule(OpRule):
         raise NotImplementedError  # pragma: no cover - abstract
 
     def unstable(self, node: Node, lo: Tensor, hi: Tensor) -> Tensor:
+        """Input elements whose bounds the relaxation can depend on: tighter bounds of the
+        others would give the same relaxation (every element unless the rule knows better)."""
         return torch.ones_like(lo, dtype=torch.bool)
 
 

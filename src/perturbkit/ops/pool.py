@@ -209,6 +209,22 @@ class MaxPool(_Pool, SelectionRule):
     def interval(self, node: Node, x: Interval) -> Interval:
         return Interval(self.forward(node, x.lo), self.forward(node, x.hi))
 
+    def unstable(self, node: Node, lo: Tensor, hi: Tensor) -> Tensor:
+        """Input elements that can change the relaxation: an element whose upper bound is
+        below the largest lower bound of every window holding it (or that no window reads)
+        is never the chosen element, never the largest upper bound of its window and never
+        decides whether the chosen one is exact, and tighter bounds keep it so (they only
+        lower its upper bound and raise the others' lower bounds).  ``lo``, ``hi``:
+        ``(*lead, N, C, *in_spatial)`` -> a mask of that shape."""
+        glo, (k, in_sp, out_sp, idx, padded) = self.gather(node, lo, -math.inf)
+        ghi, _ = self.gather(node, hi, -math.inf)
+        live = (ghi >= glo.amax(-1, keepdim=True)) & (idx >= 0)  # (*lead, N, C, n_out, K)
+        n_in = math.prod(in_sp)
+        target = torch.where(idx >= 0, idx, torch.full_like(idx, n_in)).reshape(-1).expand(*live.shape[:-2], -1)
+        hits = torch.zeros((*live.shape[:-2], n_in + 1), dtype=lo.dtype, device=lo.device)
+        hits.scatter_add_(-1, target, live.flatten(-2).to(lo.dtype))
+        return (hits[..., :n_in] > 0).reshape(lo.shape)
+
     def relax(self, node: Node, lo: Tensor, hi: Tensor) -> Relaxation:
         """Lines over the flat per-sample output, reading one flat per-sample input element each.
 
