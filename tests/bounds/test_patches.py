@@ -378,3 +378,18 @@ def test_conv_transpose_paths_equal_the_routine(Ci, k, stride, dil, ph):
     geo = {"strides": [stride, stride], "dilations": [dil, dil], "groups": 1}
     ref = torch.nn.functional.conv_transpose2d(P, W, stride=stride, dilation=dil)
     torch.testing.assert_close(patches._conv_transpose(P, W, geo), ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("N", [1, 31, 32, 33, 255, 256, 257, 480, 481, 1311])
+def test_row_blocks(N):
+    """Transposed convolutions of patches run in row blocks of a few fixed sizes (the last one
+    padded with zero rows): the same result as one call."""
+    from perturbkit.bounds import patches
+
+    P = torch.randn(N, 3, 4, 4, dtype=torch.float64)
+    W = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    sizes = []
+    got = patches._in_blocks(P, lambda p: sizes.append(p.shape[0]) or torch.nn.functional.conv_transpose2d(p, W))
+    torch.testing.assert_close(got, torch.nn.functional.conv_transpose2d(P, W), rtol=1e-12, atol=1e-12)
+    assert set(sizes) <= {patches._ROW_BLOCK, 128, 64, patches._MIN_BLOCK}
+    assert sum(sizes) - N < patches._MIN_BLOCK

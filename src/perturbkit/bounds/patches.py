@@ -646,7 +646,45 @@ def _conv_transpose(P: Tensor, Wt: Tensor, geo: dict) -> Tensor:
         out = P.new_zeros(N, Ci, (ph - 1) * sh + 1, (pw - 1) * sw + 1)
         out[:, :, ::sh, ::sw] = Y
         return out
-    return F.conv_transpose2d(P, Wt, stride=geo["strides"], dilation=geo["dilations"], groups=groups)
+    return _in_blocks(P, lambda p: F.conv_transpose2d(p, Wt, stride=geo["strides"], dilation=geo["dilations"],
+                                                   groups=groups))
+
+
+#: row blocks of the convolution routine: it prepares a kernel for every new input shape
+#: (about 1 ms each, once per process), so rows go through in blocks of these sizes only,
+#: the last one padded with zero rows; per row the blocks run as fast as one large call
+_ROW_BLOCK, _MIN_BLOCK = 256, 32
+
+
+def _in_blocks(P: Tensor, f) -> Tensor:
+    """``f`` (rows (n, ...) -> rows (n, ...)) of ``P`` (N, ...) in row blocks of
+    ``_ROW_BLOCK`` and smaller powers of two down to ``_MIN_BLOCK`` -> (N, ...)."""
+    N = P.shape[0]
+    if N == 0:
+        return f(P)
+    sizes = [_ROW_BLOCK] * (N // _ROW_BLOCK)
+    rest = -(-(N % _ROW_BLOCK) // _MIN_BLOCK) * _MIN_BLOCK  # (<= _ROW_BLOCK)
+    b = _ROW_BLOCK
+    while rest:
+        if rest >= b:
+            sizes.append(b)
+            rest -= b
+        b //= 2
+    out = None
+    start = 0
+    for b in sizes:
+        p = P[start:start + b]
+        n = p.shape[0]
+        if n < b:
+            p = torch.cat([p, p.new_zeros(b - n, *p.shape[1:])])
+        y = f(p)
+        if out is None:
+            if len(sizes) == 1 and n == b:
+                return y
+            out = y.new_empty(N, *y.shape[1:])
+        out[start:start + n] = y[:n]
+        start += n
+    return out
 
 
 def _local_transpose(ctx: Context, key: str, P: Tensor, Wt: Tensor, geo: dict) -> Tensor:
