@@ -331,8 +331,12 @@ def lower_upper(ctx: Context, name: str, idx: Tensor, alphas: Optional[dict[str,
         start, maps = name, (C, H, W)
     signs = [1.0 if side == "lower" else -1.0 for side in sides]  # minimise +v, -v
     m = len(signs)
-    data = torch.stack([sg * rows for sg in signs], 2).reshape(1, Gn, m * Rh, *rows.shape[2:])  # interleaved
-    bias = torch.stack([sg * bias for sg in signs], -1).reshape(1, Gn, m * Rh)
+    if m == 1:  # (rows is a new tensor)
+        data = (rows if signs[0] == 1.0 else rows.neg_()).reshape(1, Gn, Rh, *rows.shape[2:])
+        bias = (signs[0] * bias).reshape(1, Gn, Rh)
+    else:
+        data = torch.stack([sg * rows for sg in signs], 2).reshape(1, Gn, m * Rh, *rows.shape[2:])  # interleaved
+        bias = torch.stack([sg * bias for sg in signs], -1).reshape(1, Gn, m * Rh)
     P = Patches(data, oy, ox, *maps)
     if start != name:
         P.data.mul_(P.valid().to(P.data.dtype))
