@@ -393,3 +393,21 @@ def test_row_blocks(N):
     torch.testing.assert_close(got, torch.nn.functional.conv_transpose2d(P, W), rtol=1e-12, atol=1e-12)
     assert set(sizes) <= {patches._ROW_BLOCK, 128, 64, patches._MIN_BLOCK}
     assert sum(sizes) - N < patches._MIN_BLOCK
+
+
+@pytest.mark.parametrize("geo", [dict(strides=[1, 1], dilations=[1, 1], groups=1),
+                                 dict(strides=[2, 1], dilations=[1, 2], groups=1),
+                                 dict(strides=[2, 2], dilations=[2, 2], groups=2)])
+def test_transpose_matrix_is_the_transposed_convolution(geo):
+    """The local transpose matrix, written entry by entry, equals the transposed convolution
+    of the identity (every patch entry alone)."""
+    from perturbkit.bounds import patches
+
+    torch.manual_seed(0)
+    W = torch.randn(4, 6 // geo["groups"], 3, 2, dtype=torch.float64)
+    ph, pw = 3, 4
+    m = 4 * ph * pw
+    eye = torch.eye(m, dtype=torch.float64).reshape(m, 4, ph, pw)
+    ref = torch.nn.functional.conv_transpose2d(eye, W, stride=geo["strides"], dilation=geo["dilations"],
+                                               groups=geo["groups"]).reshape(m, -1)
+    torch.testing.assert_close(patches._transpose_matrix(W, ph, pw, geo), ref, rtol=0, atol=0)

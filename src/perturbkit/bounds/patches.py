@@ -712,11 +712,32 @@ def _local_transpose(ctx: Context, key: str, P: Tensor, Wt: Tensor, geo: dict) -
     cache = ctx.net.derived  # depends on the weights only: kept across calls
     M = cache.get(mkey)
     if M is None:
-        eye = torch.eye(m, dtype=P.dtype, device=P.device).reshape(m, Co, ph, pw)
-        M = F.conv_transpose2d(eye, Wt, stride=geo["strides"], dilation=geo["dilations"],
-                               groups=geo["groups"]).reshape(m, -1)
+        M = _transpose_matrix(Wt.to(P.dtype), ph, pw, geo)
         cache[mkey] = M
     return (P.reshape(N, m) @ M).reshape(N, Ci, ph2, pw2)
+
+
+def _transpose_matrix(Wt: Tensor, ph: int, pw: int, geo: dict) -> Tensor:
+    """The matrix (Co*ph*pw, Ci*ph'*pw') of the transposed convolution of (Co, ph, pw) patches:
+    entry ((o, a, b), (c, a s + i d, b s' + j d')) is ``Wt[o, c - g(o) Ci/groups, i, j]``
+    (``g(o)`` the group of output channel ``o``), written directly (one indexed copy)."""
+    Co, Cig, kh, kw = Wt.shape
+    (sh, sw), (dh, dw), groups = geo["strides"], geo["dilations"], geo["groups"]
+    ph2, pw2 = (ph - 1) * sh + (kh - 1) * dh + 1, (pw - 1) * sw + (kw - 1) * dw + 1
+    dev = Wt.device
+    o = torch.arange(Co, device=dev).view(Co, 1, 1, 1, 1, 1)
+    a = torch.arange(ph, device=dev).view(1, ph, 1, 1, 1, 1)
+    b = torch.arange(pw, device=dev).view(1, 1, pw, 1, 1, 1)
+    c = torch.arange(Cig, device=dev).view(1, 1, 1, Cig, 1, 1) + (o // (Co // groups)) * Cig
+    i = torch.arange(kh, device=dev).view(1, 1, 1, 1, kh, 1)
+    j = torch.arange(kw, device=dev).view(1, 1, 1, 1, 1, kw)
+    shape = (Co, ph, pw, Cig, kh, kw)
+    rows = ((o * ph + a) * pw + b).expand(shape)
+    cols = ((c * ph2 + a * sh + i * dh) * pw2 + b * sw + j * dw).expand(shape)
+    vals = Wt.view(Co, 1, 1, Cig, kh, kw).expand(shape)
+    M = Wt.new_zeros(Co * ph * pw, Cig * groups * ph2 * pw2)
+    M[rows.reshape(-1), cols.reshape(-1)] = vals.reshape(-1)
+    return M
 
 
 def _concretize(ctx: Context, P: Patches) -> Tensor:
