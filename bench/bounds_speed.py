@@ -1,6 +1,7 @@
 """Speed of perturbkit's bounds against auto_LiRPA's recorded times, and CROWN's peak memory.
 
     python bench/bounds_speed.py [--runs 30] [--markdown OUT.md]
+                                 [--conv-family [--lirpa PATH --lirpa-python PYTHON]]
 
 * probe_mlp / probe_cnn (../shared/benchmarks/lirpa_refs, or the copies in tests/data/lirpa):
   one thread, a few warm-up calls, then the median wall time of ``--runs`` calls of
@@ -12,6 +13,12 @@
   network and runs CROWN on the input box of one of its VNN-LIB properties (width 0.16 in
   these networks' normalised input space), and on wider Linf balls (eps 0.25 and 1.0)
   around the box centre, where far more neurons are unstable.
+* ``--conv-family`` (issue 14): CROWN on the pooling, batch-norm and residual CNNs of
+  bench/conv_models.py against auto_LiRPA run on the same inputs, cold call and warm
+  median, one thread, three fresh processes per library (``bench/modern_bounds.py --family
+  conv --methods crown``; auto_LiRPA 0.7.1 is built from its source, ``--lirpa`` and
+  ``--lirpa-python`` say where).  With ``--markdown OUT.md`` its table goes to
+  ``OUT_conv.md``.
 """
 from __future__ import annotations
 
@@ -113,6 +120,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--conv-family", action="store_true",
+                    help="also CROWN on bench/conv_models.py against auto_LiRPA (bench/modern_bounds.py --family conv)")
+    ap.add_argument("--lirpa", default=None, help="a folder holding the auto_LiRPA package (with --conv-family)")
+    ap.add_argument("--lirpa-python", default=None, help="the Python that runs auto_LiRPA (with --conv-family)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     lines = ["| net | method | perturbkit median (min) | auto_LiRPA (recorded) | speed-up |",
@@ -132,6 +143,16 @@ def main(argv=None) -> None:
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")
+    if args.conv_family:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import modern_bounds
+
+        conv = ["--family", "conv", "--methods", "crown", "--runs", "3", "--rounds", "3"]
+        conv += ["--lirpa", args.lirpa] if args.lirpa else []
+        conv += ["--lirpa-python", args.lirpa_python] if args.lirpa_python else []
+        if args.markdown:
+            conv += ["--markdown", str(args.markdown.with_name(args.markdown.stem + "_conv.md"))]
+        modern_bounds.main(conv)
 
 
 if __name__ == "__main__":
