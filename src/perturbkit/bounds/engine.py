@@ -54,7 +54,6 @@ class Context:
     position: dict[str, int] = field(default_factory=dict)
     consumer_count: dict[str, int] = field(default_factory=dict)
     use_patches: bool = True
-    local_mats: dict = field(default_factory=dict)
     exact_linear: set = field(default_factory=set)
     #: when set, :func:`backward` leaves the coefficients it concretised at the input in
     #: ``input_coeffs`` (B, S, n): branch and bound reads them to choose where to split
