@@ -8,6 +8,7 @@ import torch.nn as nn
 
 import perturbkit as pk
 from perturbkit.bounds import crown, engine
+from perturbkit.ops.pool import MaxPool
 from nets import to_network
 
 
@@ -40,6 +41,9 @@ NETS = {
     "odd_size": lambda: nn.Sequential(*_stem(), nn.Conv2d(4, 4, 2), nn.ReLU(), nn.MaxPool2d(2),  # row 7 is never read
                                       nn.Flatten(), nn.Linear(4 * 3 * 3, 3)),
     "shared": _Shared,
+    # a MaxPool reading a conv output directly (MaxPool.unstable through crown._unstable_mask)
+    "direct": lambda: nn.Sequential(*_stem(), nn.Conv2d(4, 4, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
+                                    nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)),
 }
 
 
@@ -67,6 +71,7 @@ def _run(net, s, *, patches: bool, prune: bool, monkeypatch):
         m.setattr(crown, "intermediate_bounds", ib)
         if not prune:
             m.setattr(crown, "_read_through", lambda *a: None)
+            m.setattr(MaxPool, "unstable", lambda self, node, lo, hi: torch.ones_like(lo, dtype=torch.bool))
         b = pk.bounds(net, s, method="crown")
     return b, sum(seen.values())
 
